@@ -1,0 +1,1 @@
+"""tuner: Optuna studies over PyTorch trainables, tracked in MLflow."""
