@@ -8,9 +8,15 @@ from dataclasses import dataclass
 from typing import Any
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adagrad", "adam", "adamw")
-SGD_FAMILY = ("sgd", "momentum", "nesterov", "rmsprop")  # optimizers that take `momentum`
-ADAM_FAMILY = ("adam", "adamw")  # optimizers that take `beta1`/`beta2`
+MOMENTUM_OPTIMIZERS = ("momentum", "nesterov")  # optimizers that read `momentum`
+ADAM_FAMILY = ("adam", "adamw")  # optimizers that read `beta1`/`beta2`
 SCHEDULES = ("constant", "step", "exponential", "cosine", "plateau", "onecycle", "warmup_cosine")
+SCHEDULE_FIELDS = {  # the parameters each schedule reads
+    "step": ("step_size", "gamma"),
+    "exponential": ("decay_rate",),
+    "plateau": ("plateau_patience", "plateau_factor"),
+    "warmup_cosine": ("warmup_epochs",),
+}
 DATASETS = ("mnist1d", "mnist", "fashion_mnist", "cifar10")
 MODELS = ("mlp", "cnn1d", "cnn", "resnet")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -49,9 +55,9 @@ class TrainConfig:
     weight_decay: float = 0.0  # L2 (coupled), decoupled for adamw
     l1: float = 0.0  # strength of the L1 penalty on weights, added to the loss
     dropout: float = 0.0
-    momentum: float = 0.9  # SGD family only
-    beta1: float = 0.9  # Adam family only
-    beta2: float = 0.999  # Adam family only
+    momentum: float = 0.9  # momentum and nesterov only
+    beta1: float = 0.9  # adam and adamw only
+    beta2: float = 0.999  # adam and adamw only
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), fp32, bf16
@@ -97,6 +103,23 @@ class TrainConfig:
     def betas(self) -> tuple[float, float]:
         """Adam's (beta1, beta2)."""
         return (self.beta1, self.beta2)
+
+    def ignored_fields(self) -> set[str]:
+        """Fields this config does not read (momentum for adam, schedule knobs of other schedules...)."""
+        ignored = set() if self.optimizer in MOMENTUM_OPTIMIZERS else {"momentum"}
+        if self.optimizer not in ADAM_FAMILY:
+            ignored |= {"beta1", "beta2"}
+        for schedule, fields in SCHEDULE_FIELDS.items():
+            if schedule != self.lr_schedule:
+                ignored |= set(fields)
+        if self.dataset == "mnist1d":
+            ignored |= {"data_dir", "download"}
+        return ignored
+
+    def active(self) -> dict[str, Any]:
+        """The fields this config actually reads, by name."""
+        ignored = self.ignored_fields()
+        return {k: v for k, v in self.to_dict().items() if k not in ignored}
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

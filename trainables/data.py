@@ -34,9 +34,7 @@ class Splits:
         return tuple(self.x_train.shape[1:])
 
 
-def load_splits(
-    dataset: str, data_dir: str, download: bool, val_fraction: float, seed: int = 0
-) -> Splits:
+def load_splits(dataset: str, data_dir: str, download: bool, val_fraction: float, seed: int = 0) -> Splits:
     """Train/validation/test splits; validation is carved from the training part.
 
     The validation split is chosen by a fixed seed so that every trial of a study
@@ -44,7 +42,7 @@ def load_splits(
     """
     x, y, x_test, y_test, num_classes = _load_arrays(dataset, str(Path(data_dir).resolve()), download)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, int(round(len(x) * val_fraction)))
+    n_val = max(1, round(len(x) * val_fraction))
     val, train = order[:n_val], order[n_val:]
     return Splits(x[train], y[train], x[val], y[val], x_test, y_test, num_classes)
 

@@ -84,15 +84,13 @@ def fit(config: TrainConfig, checkpoint: str | Path | None = None) -> Iterator[E
 
     torch.manual_seed(config.seed)  # model init and dropout masks
     model = build_model(config.model, splits.input_shape, splits.num_classes, config.dropout)
-    model = model.to(device=device, memory_format=memory_format)
+    model = model.to(device).to(memory_format=memory_format)
     optimizer = build_optimizer(config, model.parameters())
     n_train = len(data["y_train"])
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     schedule = Schedule(config, optimizer, steps_per_epoch)
     shuffle = torch.Generator().manual_seed(config.seed)  # CPU generator: same order on every device
-    autocast: Any = (
-        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
-    )
+    autocast: Any = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     loss_fn = nn.CrossEntropyLoss()
 
     start_epoch = 1

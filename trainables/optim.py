@@ -22,7 +22,7 @@ def build_optimizer(config: TrainConfig, params: Any) -> torch.optim.Optimizer:
     if name == "nesterov":
         return torch.optim.SGD(params, lr=lr, momentum=config.momentum, nesterov=True, weight_decay=wd)
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, momentum=config.momentum, weight_decay=wd)
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
     if name == "adagrad":
         return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
     if name == "adam":
