@@ -1,38 +1,50 @@
 """PyTorch trainables: a typed config in, one record per epoch out.
 
 Imports torch and data libraries only; nothing here knows about Optuna or MLflow.
+Names are imported on first use, so that reading `TrainConfig` does not wait for torch.
 """
 
-from trainables.config import (
-    ADAM_FAMILY,
-    DATASETS,
-    MODELS,
-    MOMENTUM_OPTIMIZERS,
-    OPTIMIZERS,
-    SCHEDULE_FIELDS,
-    SCHEDULES,
-    ConfigError,
-    TrainConfig,
-)
-from trainables.data import DatasetNotFound, load_splits
-from trainables.loop import Diverged, EpochResult, fit, resolve_device
-from trainables.models import build_model
+from __future__ import annotations
 
-__all__ = [
-    "ADAM_FAMILY",
-    "DATASETS",
-    "MODELS",
-    "MOMENTUM_OPTIMIZERS",
-    "OPTIMIZERS",
-    "SCHEDULES",
-    "SCHEDULE_FIELDS",
-    "ConfigError",
-    "DatasetNotFound",
-    "Diverged",
-    "EpochResult",
-    "TrainConfig",
-    "build_model",
-    "fit",
-    "load_splits",
-    "resolve_device",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainables.config import (
+        ADAM_FAMILY,
+        DATASETS,
+        MODELS,
+        MOMENTUM_OPTIMIZERS,
+        OPTIMIZERS,
+        SCHEDULE_FIELDS,
+        SCHEDULES,
+        ConfigError,
+        TrainConfig,
+    )
+    from trainables.data import DatasetNotFound, load_splits
+    from trainables.loop import Diverged, EpochResult, fit, fit_splits, resolve_device
+    from trainables.models import build_model
+
+_EXPORTS = {
+    **dict.fromkeys(
+        ["ADAM_FAMILY", "DATASETS", "MODELS", "MOMENTUM_OPTIMIZERS", "OPTIMIZERS", "SCHEDULES", "SCHEDULE_FIELDS"],
+        "trainables.config",
+    ),
+    "ConfigError": "trainables.config",
+    "TrainConfig": "trainables.config",
+    "DatasetNotFound": "trainables.data",
+    "load_splits": "trainables.data",
+    "Diverged": "trainables.loop",
+    "EpochResult": "trainables.loop",
+    "fit": "trainables.loop",
+    "fit_splits": "trainables.loop",
+    "resolve_device": "trainables.loop",
+    "build_model": "trainables.models",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'trainables' has no attribute {name!r}")

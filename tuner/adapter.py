@@ -1,0 +1,132 @@
+"""The one place where a trainable meets Optuna and MLflow.
+
+`TrialRunner` consumes `fit(config)` epoch by epoch, reports to the trial, asks the pruner,
+stops the generator when pruned, feeds tracking, and maps every outcome to a trial state
+in `classify`.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+import trainables
+from tuner.space import Space, suggest
+from tuner.tracking import RUN_ID_ATTR, StudyTracking
+
+FitFn = Callable[..., Generator[trainables.EpochResult, None, None]]
+REASON_ATTR = "reason"  # trial user attribute: why a trial was pruned or failed
+PRUNED_AT_ATTR = "pruned_at_epoch"
+# The first attempt's trial number. Optuna copies user attributes into the retry of a trial
+# whose worker died, so a retry finds here which checkpoint to resume and, in RUN_ID_ATTR,
+# the MLflow run of the attempt it replaces.
+ATTEMPT_OF_ATTR = "attempt_of_trial"
+
+
+class TrialFailed(Exception):
+    """Raised to Optuna so that it records the trial as FAIL; the study goes on."""
+
+
+def classify(exc: BaseException, config: trainables.TrainConfig | None, epochs_done: int) -> tuple[str, str]:
+    """(state, reason) for how a trial ended: the only mapping from outcomes to states."""
+    if isinstance(exc, optuna.TrialPruned):
+        return "PRUNED", f"pruned at epoch {epochs_done}"
+    if isinstance(exc, trainables.Diverged):
+        return "PRUNED", f"diverged at epoch {exc.epoch}"
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        return "KILLED", f"interrupted at epoch {epochs_done} ({type(exc).__name__})"
+    if _is_cuda_oom(exc):
+        where = f" with batch_size {config.batch_size} and model {config.model}" if config else ""
+        return "FAIL", f"CUDA out of memory{where}: lower the batch size or use a smaller model"
+    text = " ".join(str(exc).split())
+    return "FAIL", f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _is_cuda_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+@dataclass
+class TrialRunner:
+    """The objective handed to `study.optimize`."""
+
+    space: Space
+    tracking: StudyTracking
+    metric: str = "val_acc"
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    fit: FitFn = trainables.fit
+    checkpoint_dir: Path | None = None
+    keep_checkpoints: bool = False
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        first_number = int(trial.user_attrs.get(ATTEMPT_OF_ATTR, trial.number))
+        retry_of_run = trial.user_attrs.get(RUN_ID_ATTR)  # set only when this trial is a retry
+        checkpoint = self._checkpoint_path(first_number)
+        config: trainables.TrainConfig | None = None
+        run = None
+        epochs_done = 0
+        try:
+            config = suggest(trial, self.space, self.overrides)
+            run = self.tracking.start_trial(trial.number, trial.params, config, retry_of_run=retry_of_run)
+            trial.set_user_attr(ATTEMPT_OF_ATTR, first_number)
+            trial.set_user_attr(RUN_ID_ATTR, run.run_id)
+            value = None
+            epochs = self.fit(config, checkpoint=checkpoint)
+            try:
+                for result in epochs:
+                    run.log_epoch(result)
+                    epochs_done = result.epoch
+                    value = float(getattr(result, self.metric))
+                    trial.report(value, result.epoch)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned()
+            finally:
+                epochs.close()  # stops the trainable at once when pruned or failing
+            if value is None:
+                raise RuntimeError("the trainable yielded no epoch")
+            run.finish("COMPLETE")
+            self._remove_checkpoint(checkpoint)
+            return value
+        except BaseException as exc:
+            state, reason = classify(exc, config, epochs_done)
+            self._record(trial, state, reason, epochs_done)
+            if run is not None:
+                run.finish(state, reason, error=exc if state == "FAIL" else None)
+            if state != "KILLED":  # an interrupted trial keeps its checkpoint for its retry
+                self._remove_checkpoint(checkpoint)
+            if state == "FAIL" and _is_cuda_oom(exc):
+                _release_cuda_memory()
+            if state == "PRUNED":
+                raise optuna.TrialPruned(reason) from exc
+            if state == "FAIL":
+                raise TrialFailed(reason) from exc
+            raise
+
+    def _record(self, trial: optuna.Trial, state: str, reason: str, epochs_done: int) -> None:
+        trial.set_user_attr(REASON_ATTR, reason)
+        if state == "PRUNED":
+            trial.set_user_attr(PRUNED_AT_ATTR, epochs_done)
+
+    def _checkpoint_path(self, key: int) -> Path | None:
+        if self.checkpoint_dir is None:
+            return None
+        return self.checkpoint_dir / self.tracking.experiment_id / f"trial-{key}.pt"
+
+    def _remove_checkpoint(self, path: Path | None) -> None:
+        if path is not None and not self.keep_checkpoints:
+            path.unlink(missing_ok=True)
+
+
+def _release_cuda_memory() -> None:
+    import torch
+
+    gc.collect()  # drop the failed trial's tensors before handing memory back
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,41 @@
+"""Study scripts: a file in studies/ that defines `STUDY` (anything with `run(options)`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from tuner.errors import UserError
+
+
+def load_study_script(path: str) -> Any:
+    """Import the script at `path` and return its STUDY; UserError when that cannot be done."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"study script {path} not found; give the path of a file such as studies/quickstart.py")
+    if file.suffix != ".py":
+        raise UserError(f"study script {path} is not a .py file")
+    try:
+        source = file.read_text()
+        compile(source, str(file), "exec")
+    except SyntaxError as exc:
+        raise UserError(f"study script {path} has a syntax error at line {exc.lineno}: {exc.msg}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"study script {path} cannot be read: {exc}") from None
+    module_name = f"tuner_study_{file.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling need the module registered
+    try:
+        spec.loader.exec_module(module)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"study script {path} failed to load: {type(exc).__name__}: {exc}") from exc
+    study = getattr(module, "STUDY", None)
+    if study is None or not callable(getattr(study, "run", None)):
+        raise UserError(f"study script {path} defines no STUDY; add e.g. STUDY = StudySpec(name='my-study')")
+    return study

@@ -1,0 +1,196 @@
+"""Search spaces as data: a mapping from TrainConfig field to a distribution or a fixed value.
+
+    space = {
+        "optimizer": Categorical(["sgd", "momentum", "adam"]),
+        "lr": Float(1e-4, 1e-1, log=True),
+        "momentum": Float(0.5, 0.99, when={"optimizer": ["momentum"]}),
+        "epochs": 20,                      # anything that is not a distribution is fixed
+    }
+
+`when` makes a parameter conditional on parameters defined before it (or fixed values), so
+a trial never carries a parameter its config ignores. `suggest` is the one function that
+turns a space into Optuna suggestions and a TrainConfig.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from trainables import ADAM_FAMILY, MOMENTUM_OPTIMIZERS, OPTIMIZERS, SCHEDULES, TrainConfig
+from tuner.errors import UserError
+
+Condition = Mapping[str, Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class Float:
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+    when: Condition = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Int:
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+    when: Condition = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Categorical:
+    choices: Sequence[Any]
+    when: Condition = field(default_factory=dict)
+
+
+Distribution = Float | Int | Categorical
+Space = Mapping[str, Any]
+
+
+def default_space() -> dict[str, Any]:
+    """The joint space over optimizer, lr, batch size, schedule and regularization."""
+    return {
+        "optimizer": Categorical(list(OPTIMIZERS)),
+        "lr": Float(1e-4, 3e-1, log=True),
+        "batch_size": Categorical([32, 64, 128, 256]),
+        "lr_schedule": Categorical(list(SCHEDULES)),
+        "weight_decay": Float(1e-6, 1e-2, log=True),
+        "l1": Float(1e-7, 1e-3, log=True),
+        "dropout": Float(0.0, 0.5),
+        "momentum": Float(0.5, 0.99, when={"optimizer": list(MOMENTUM_OPTIMIZERS)}),
+        "beta1": Float(0.8, 0.95, when={"optimizer": list(ADAM_FAMILY)}),
+        "beta2": Float(0.99, 0.9999, when={"optimizer": list(ADAM_FAMILY)}),
+        "step_size": Int(2, 8, when={"lr_schedule": ["step"]}),
+        "gamma": Float(0.1, 0.9, when={"lr_schedule": ["step"]}),
+        "decay_rate": Float(0.7, 0.99, when={"lr_schedule": ["exponential"]}),
+        "warmup_epochs": Int(1, 3, when={"lr_schedule": ["warmup_cosine"]}),
+        "plateau_patience": Int(1, 4, when={"lr_schedule": ["plateau"]}),
+        "plateau_factor": Float(0.1, 0.7, when={"lr_schedule": ["plateau"]}),
+    }
+
+
+def is_distribution(value: object) -> bool:
+    return isinstance(value, Float | Int | Categorical)
+
+
+def validate_space(space: Space) -> None:
+    """Raise UserError naming the first malformed entry; called before any trial runs."""
+    if not isinstance(space, Mapping) or not space:
+        raise UserError(
+            "the search space is empty: give at least one parameter, e.g. {'lr': Float(1e-4, 1e-1, log=True)}"
+        )
+    fields = set(TrainConfig.field_names())
+    seen: set[str] = set()
+    for name, dist in space.items():
+        if name not in fields:
+            raise UserError(
+                f"search space: {name!r} is not a TrainConfig field; valid fields: {', '.join(sorted(fields))}"
+            )
+        where = f"search space: {name}"
+        if isinstance(dist, Float | Int):
+            if not all(isinstance(v, int | float) and math.isfinite(v) for v in (dist.low, dist.high)):
+                raise UserError(f"{where}: low and high must be finite numbers, got {dist.low!r} and {dist.high!r}")
+            if dist.low >= dist.high:
+                raise UserError(f"{where}: low ({dist.low}) must be below high ({dist.high}); swap or widen them")
+            if dist.log and dist.low <= 0:
+                raise UserError(f"{where}: a log range needs low > 0, got {dist.low}; use a positive low or log=False")
+            if dist.step is not None and dist.step <= 0:
+                raise UserError(f"{where}: step must be positive, got {dist.step}")
+            if dist.log and dist.step not in (None, 1):
+                raise UserError(f"{where}: a log range cannot have a step; drop step or log")
+            if isinstance(dist, Int) and not all(isinstance(v, int) for v in (dist.low, dist.high, dist.step)):
+                raise UserError(f"{where}: Int needs integer low, high and step; use Float for real numbers")
+        elif isinstance(dist, Categorical) and len(dist.choices) == 0:
+            raise UserError(f"{where}: a Categorical needs at least one choice")
+        if is_distribution(dist):
+            for cond_name, allowed in dist.when.items():
+                if cond_name not in space:
+                    raise UserError(
+                        f"{where}: condition on {cond_name!r}, which is not in the search space; add it or drop the condition"
+                    )
+                if is_distribution(space[cond_name]) and cond_name not in seen:
+                    raise UserError(
+                        f"{where}: condition on {cond_name!r}, which must come before {name!r} in the space"
+                    )
+                if isinstance(allowed, str) or not isinstance(allowed, Sequence) or not allowed:
+                    raise UserError(f"{where}: condition on {cond_name!r} needs a non-empty list of values")
+        else:
+            _check_fixed(name, dist)
+        seen.add(name)
+
+
+def _check_fixed(name: str, value: Any) -> None:
+    try:
+        TrainConfig(**{name: value})
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"search space: fixed value {exc}") from None
+
+
+def suggest(trial: optuna.Trial, space: Space, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Ask the trial for every active parameter of the space and build the TrainConfig.
+
+    `overrides` (e.g. the CLI's --device) are fixed values applied last and never sampled.
+    """
+    values: dict[str, Any] = {}
+    for name, dist in space.items():
+        if not is_distribution(dist):
+            values[name] = dist
+        elif all(values.get(cond) in allowed for cond, allowed in dist.when.items()):
+            values[name] = _suggest_one(trial, name, dist)
+    values.update(overrides or {})
+    return TrainConfig(**values)
+
+
+def _suggest_one(trial: optuna.Trial, name: str, dist: Distribution) -> Any:
+    if isinstance(dist, Categorical):
+        return trial.suggest_categorical(name, list(dist.choices))
+    if isinstance(dist, Int):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+
+
+def describe(space: Space) -> dict[str, Any]:
+    """A JSON-friendly description of the space, for the study's records."""
+
+    def one(d: Any) -> Any:
+        out: dict[str, Any]
+        if isinstance(d, Float | Int):
+            kind = "float" if isinstance(d, Float) else "int"
+            out = {"type": kind, "low": d.low, "high": d.high, "log": d.log}
+            if d.step is not None and (kind == "float" or d.step != 1):
+                out["step"] = d.step
+        elif isinstance(d, Categorical):
+            out = {"type": "categorical", "choices": list(d.choices)}
+        else:
+            return {"fixed": d}
+        if d.when:
+            out["when"] = {k: list(v) for k, v in d.when.items()}
+        return out
+
+    return {name: one(d) for name, d in space.items()}
+
+
+def grid_values(space: Space) -> dict[str, list[Any]]:
+    """The grid for GridSampler: every distribution must be discrete."""
+    grid: dict[str, list[Any]] = {}
+    for name, dist in space.items():
+        if isinstance(dist, Categorical):
+            grid[name] = list(dist.choices)
+        elif isinstance(dist, Int) and not dist.log:
+            grid[name] = list(range(dist.low, dist.high + 1, dist.step))
+        elif isinstance(dist, Float) and dist.step is not None and not dist.log:
+            n = round((dist.high - dist.low) / dist.step)
+            grid[name] = [dist.low + i * dist.step for i in range(n + 1)]
+        elif is_distribution(dist):
+            raise UserError(
+                f"sampler grid: {name!r} is continuous; give it Categorical choices or a step, or use another sampler"
+            )
+    return grid

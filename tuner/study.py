@@ -1,0 +1,154 @@
+"""What a study is (`StudySpec`), how a run of it is set (`RunOptions`), and its sampler and pruner."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+from tuner.errors import UserError
+from tuner.space import Space, default_space, describe, grid_values, validate_space
+from tuner.storage import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, check_storage_url, check_tracking_uri, redact
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc")
+PRUNERS = ("median", "hyperband", "successive_halving", "percentile", "none")
+METRICS = {"val_acc": "maximize", "val_loss": "minimize", "train_acc": "maximize", "train_loss": "minimize"}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a study: the CLI's flags. None means "the study's own setting"."""
+
+    n_trials: int | None = None
+    timeout: float | None = None
+    storage: str = DEFAULT_STORAGE
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    device: str | None = None
+    seed: int | None = None
+    study_name: str | None = None
+    quiet: bool = False
+    keep_checkpoints: bool = False
+    report: bool = True
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """One Optuna study over a search space of TrainConfig fields."""
+
+    name: str
+    space: Space = field(default_factory=default_space)
+    sampler: str = "tpe"
+    pruner: str = "median"
+    n_trials: int | None = 30
+    timeout: float | None = None  # seconds
+    metric: str = "val_acc"
+    direction: str | None = None  # default: the metric's natural direction
+    seed: int = 0
+
+    def with_options(self, options: RunOptions) -> StudySpec:
+        """The spec with the CLI's overrides applied."""
+        changes: dict[str, Any] = {}
+        if options.study_name:
+            changes["name"] = options.study_name
+        if options.n_trials is not None:
+            changes["n_trials"] = options.n_trials
+        if options.timeout is not None:
+            changes["timeout"] = options.timeout
+        if options.seed is not None:
+            changes["seed"] = options.seed
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def resolved_direction(self) -> Literal["maximize", "minimize"]:
+        return cast(Literal["maximize", "minimize"], self.direction or METRICS.get(self.metric, "maximize"))
+
+    def settings(self, storage: str) -> dict[str, Any]:
+        """What the MLflow parent run records about the study."""
+        return {
+            "study_name": self.name,
+            "sampler": self.sampler,
+            "pruner": self.pruner,
+            "metric": self.metric,
+            "direction": self.resolved_direction,
+            "seed": self.seed,
+            "storage": redact(storage),
+        }
+
+    def validate(self, options: RunOptions) -> None:
+        """Every check that needs no storage: raises UserError before anything is created."""
+        if not self.name or not isinstance(self.name, str) or any(c in self.name for c in "/\\\n"):
+            raise UserError(f"study name {self.name!r} is invalid: use letters, digits, '-' and '_'")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"sampler {self.sampler!r} is unknown: choose one of {', '.join(SAMPLERS)}")
+        if self.pruner not in PRUNERS:
+            raise UserError(f"pruner {self.pruner!r} is unknown: choose one of {', '.join(PRUNERS)}")
+        if self.metric not in METRICS:
+            raise UserError(f"metric {self.metric!r} is not reported every epoch: choose one of {', '.join(METRICS)}")
+        if self.direction not in (None, "maximize", "minimize"):
+            raise UserError(f"direction {self.direction!r} is invalid: use maximize or minimize")
+        if self.n_trials is not None and (isinstance(self.n_trials, bool) or self.n_trials < 1):
+            raise UserError(f"--n-trials {self.n_trials}: give a positive number of trials")
+        if self.timeout is not None and self.timeout <= 0:
+            raise UserError(f"--timeout {self.timeout}: give a positive number of seconds")
+        if self.n_trials is None and self.timeout is None:
+            raise UserError("the study has no budget: give --n-trials or --timeout")
+        if self.seed < 0:
+            raise UserError(f"--seed {self.seed}: give a non-negative seed")
+        validate_space(self.space)
+        if self.sampler == "grid":
+            grid_values(self.space)
+        if options.device is not None:
+            from trainables import ConfigError, TrainConfig
+
+            try:
+                TrainConfig(device=options.device)
+            except ConfigError as exc:
+                raise UserError(f"--device {options.device!r} is invalid: use auto, cpu, cuda or cuda:N") from exc
+        check_storage_url(options.storage)
+        check_tracking_uri(options.tracking_uri)
+
+    def describe_space(self) -> dict[str, Any]:
+        return describe(self.space)
+
+    def run(self, options: RunOptions) -> Any:
+        """Run the study (what `tuner run` and `python studies/X.py` call); returns the Optuna study."""
+        from tuner.runner import run_study
+
+        return run_study(self, options)
+
+
+def make_sampler(spec: StudySpec) -> Any:
+    import optuna
+
+    s = optuna.samplers
+    seed = spec.seed
+    if spec.sampler == "tpe":
+        return s.TPESampler(seed=seed)
+    if spec.sampler == "random":
+        return s.RandomSampler(seed=seed)
+    if spec.sampler == "grid":
+        return s.GridSampler(grid_values(spec.space), seed=seed)
+    if spec.sampler == "cmaes":
+        return s.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if spec.sampler == "gp":
+        return s.GPSampler(seed=seed, warn_independent_sampling=False)
+    if spec.sampler == "qmc":
+        return s.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
+    raise UserError(f"sampler {spec.sampler!r} is unknown: choose one of {', '.join(SAMPLERS)}")
+
+
+def make_pruner(spec: StudySpec) -> Any:
+    import optuna
+
+    p = optuna.pruners
+    if spec.pruner == "median":
+        return p.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+    if spec.pruner == "hyperband":
+        return p.HyperbandPruner(min_resource=1)
+    if spec.pruner == "successive_halving":
+        return p.SuccessiveHalvingPruner(min_resource=1)
+    if spec.pruner == "percentile":
+        return p.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=2)
+    if spec.pruner == "none":
+        return p.NopPruner()
+    raise UserError(f"pruner {spec.pruner!r} is unknown: choose one of {', '.join(PRUNERS)}")

@@ -1,0 +1,204 @@
+"""MLflow records of a study: one experiment and one parent run per study, one child run per trial.
+
+Everything goes through `MlflowClient` with explicit run ids, never the process-global
+"active run", so several workers (threads, processes, hosts) can log side by side.
+Per-epoch metrics are buffered and sent with `log_batch`, at most every `FLUSH_SECONDS`
+and at the end of the trial.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import subprocess
+import tempfile
+import time
+import traceback as traceback_module
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuner.storage import default_artifact_root, redact
+
+if TYPE_CHECKING:
+    import optuna
+    from mlflow import MlflowClient
+
+    from trainables import EpochResult, TrainConfig
+
+FLUSH_SECONDS = 5.0
+PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attribute: the parent run, shared by all workers
+RUN_ID_ATTR = "mlflow_run_id"  # trial user attribute: the trial's child run
+_MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
+
+
+def quiet_mlflow() -> None:
+    """Keep MLflow's and its database migrations' INFO chatter off the console."""
+    for name in ("mlflow", "alembic", "alembic.runtime.migration", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class StudyTracking:
+    """The MLflow side of one study."""
+
+    def __init__(self, tracking_uri: str, study: optuna.Study, settings: dict[str, Any], space: dict[str, Any]) -> None:
+        from mlflow import MlflowClient
+
+        quiet_mlflow()
+        self.tracking_uri = tracking_uri
+        self.client: MlflowClient = MlflowClient(tracking_uri)
+        self.experiment_id = self._experiment(study.study_name)
+        self.parent_run_id = self._parent_run(study, settings, space)
+        self._best_number: int | None = None
+
+    def _experiment(self, name: str) -> str:
+        existing = self.client.get_experiment_by_name(name)
+        if existing is not None:
+            if existing.lifecycle_stage == "deleted":
+                self.client.restore_experiment(existing.experiment_id)
+            return str(existing.experiment_id)
+        try:
+            return str(self.client.create_experiment(name, artifact_location=default_artifact_root(self.tracking_uri)))
+        except Exception:  # another worker created it first
+            existing = self.client.get_experiment_by_name(name)
+            if existing is None:
+                raise
+            return str(existing.experiment_id)
+
+    def _parent_run(self, study: optuna.Study, settings: dict[str, Any], space: dict[str, Any]) -> str:
+        run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+        if run_id:
+            if self.client.get_run(run_id).info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+            return str(run_id)
+        run = self.client.create_run(
+            self.experiment_id, run_name=study.study_name, tags={"tuner.role": "study", **environment_tags()}
+        )
+        from mlflow.entities import Param
+
+        params = [Param(k, redact(str(v))) for k, v in settings.items()]
+        self.client.log_batch(run.info.run_id, params=params)
+        self.client.log_dict(run.info.run_id, space, "search_space.json")
+        study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
+        return str(run.info.run_id)
+
+    def start_trial(
+        self, trial_number: int, params: dict[str, Any], config: TrainConfig, retry_of_run: str | None = None
+    ) -> TrialRun:
+        """Create the trial's child run (nested under the study's parent run).
+
+        A retry of a trial whose worker died gets a run of its own, tagged with the run id of
+        the attempt it replaces (`tuner.retry_of_run`) and that attempt's trial number.
+        """
+        from mlflow.entities import Param, RunTag
+
+        tags = {
+            "mlflow.parentRunId": self.parent_run_id,
+            "tuner.role": "trial",
+            "optuna.trial_number": str(trial_number),
+            "optuna.sampled_params": ",".join(sorted(params)),
+        }
+        if retry_of_run is not None:
+            tags["tuner.retry_of_run"] = retry_of_run
+        run = self.client.create_run(self.experiment_id, run_name=f"trial {trial_number}", tags=tags)
+        logged = {**config.active(), **params}
+        self.client.log_batch(
+            run.info.run_id,
+            params=[Param(k, redact(str(v))) for k, v in sorted(logged.items())],
+            tags=[RunTag("optuna.state", "RUNNING")],
+        )
+        return TrialRun(self.client, run.info.run_id, config)
+
+    def record_best(self, study: optuna.Study) -> None:
+        """Put the best value and params on the parent run when the best trial changed."""
+        from mlflow.entities import Metric, RunTag
+
+        try:
+            best = study.best_trial
+        except ValueError:  # no completed trial yet
+            return
+        if best.number == self._best_number or best.value is None:
+            return
+        self._best_number = best.number
+        now = int(time.time() * 1000)
+        tags = [RunTag("best.trial_number", str(best.number)), RunTag("best.params", json.dumps(best.params))]
+        tags += [RunTag(f"best.{k}", str(v)) for k, v in best.params.items()]
+        self.client.log_batch(
+            self.parent_run_id, metrics=[Metric("best_value", float(best.value), now, best.number)], tags=tags
+        )
+
+    def finish_study(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.parent_run_id, status=status)
+
+
+class TrialRun:
+    """The child run of one trial: buffered per-epoch metrics, final state, artifacts."""
+
+    def __init__(self, client: MlflowClient, run_id: str, config: TrainConfig) -> None:
+        self.client, self.run_id, self.config = client, run_id, config
+        self.history: list[EpochResult] = []
+        self._pending: list[Any] = []
+        self._last_flush = time.monotonic()
+
+    def log_epoch(self, result: EpochResult) -> None:
+        from mlflow.entities import Metric
+
+        self.history.append(result)
+        now = int(time.time() * 1000)
+        self._pending += [Metric(k, v, now, result.epoch) for k, v in result.metrics().items()]
+        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self.client.log_batch(self.run_id, metrics=self._pending)
+            self._pending = []
+        self._last_flush = time.monotonic()
+
+    def finish(self, state: str, reason: str | None = None, error: BaseException | None = None) -> None:
+        """Send what is buffered, the artifacts and the final state (COMPLETE, PRUNED, FAIL or KILLED)."""
+        from mlflow.entities import RunTag
+
+        self.flush()
+        tags = [RunTag("optuna.state", state), RunTag("tuner.epochs", str(len(self.history)))]
+        if reason:
+            tags.append(RunTag("tuner.reason", redact(reason)[:5000]))
+        if state == "PRUNED" and self.history:
+            tags.append(RunTag("tuner.pruned_at_epoch", str(self.history[-1].epoch)))
+        self.client.log_batch(self.run_id, tags=tags)
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+            Path(tmp, "history.csv").write_text(history_csv(self.history))
+            if error is not None:
+                text = "".join(traceback_module.format_exception(error))
+                Path(tmp, "traceback.txt").write_text(redact(text))
+            self.client.log_artifacts(self.run_id, tmp)
+        self.client.set_terminated(self.run_id, status=_MLFLOW_STATUS[state])
+
+
+def history_csv(history: list[EpochResult]) -> str:
+    out = io.StringIO()
+    names = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "samples_per_second"]
+    names += ["test_loss", "test_acc"]
+    writer = csv.writer(out)
+    writer.writerow(names)
+    for r in history:
+        writer.writerow(["" if getattr(r, n) is None else getattr(r, n) for n in names])
+    return out.getvalue()
+
+
+def environment_tags() -> dict[str, str]:
+    """Where the study ran: git commit, torch and CUDA versions, device name."""
+    import torch
+
+    tags = {"torch.version": torch.__version__, "cuda.version": str(torch.version.cuda or "none")}
+    tags["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        tags["mlflow.source.git.commit"] = commit
+    except (OSError, subprocess.SubprocessError):
+        pass  # not in a git checkout
+    return tags
