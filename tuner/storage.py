@@ -21,7 +21,7 @@ HEARTBEAT_SECONDS = 10  # how often a running trial tells the storage it is aliv
 GRACE_SECONDS = 30  # silence after which a running trial counts as dead and is retried
 MAX_RETRY = 3  # retries of a trial whose worker died
 
-_PASSWORD = re.compile(r"(?<=://)([^:/@]*):([^@]*)@")
+_PASSWORD = re.compile(r"(?<=://)([^:/@\s]*):([^@\s]*)@")
 
 
 def redact(text: str) -> str:
