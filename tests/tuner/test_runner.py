@@ -13,9 +13,9 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tests.tuner.fakes import curve_fit, diverging_fit, failing_fit
+from tuner.runner import run_study
 from tuner.space import Float
 from tuner.study import RunOptions, StudySpec
-from tuner.runner import run_study
 from tuner.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR
 
 SPACE = {"lr": Float(1e-5, 1.0, log=True), "epochs": 6}
