@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/tuner train --epochs 20
+	$(VENV)/bin/tuner run studies/quickstart.py
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
