@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ def run_study(spec: StudySpec, options: RunOptions, fit: FitFn | None = None) ->
     spec.validate(options)
     quiet_optuna()
     study = open_study(spec, options)
+    set_user_attrs(study, spec.user_attrs)
     tracking = StudyTracking(options.tracking_uri, study, spec.settings(options.storage), spec.describe_space())
     runner = TrialRunner(
         space=spec.space,
@@ -84,6 +86,13 @@ def run_study(spec: StudySpec, options: RunOptions, fit: FitFn | None = None) ->
     finally:
         tracking.finish_study(status)
     return study
+
+
+def set_user_attrs(study: Any, attrs: Mapping[str, Any]) -> None:
+    """Record the spec's study attributes (kind, ...), writing only those that changed."""
+    for key, value in attrs.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
 
 
 def checkpoint_dir(options: RunOptions) -> Path:

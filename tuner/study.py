@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -29,6 +30,8 @@ class RunOptions:
     quiet: bool = False
     keep_checkpoints: bool = False
     report: bool = True
+    budget: str = "default"  # a study script's named budget (e.g. small); StudySpec has only the default
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig values replacing the space's entries
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class StudySpec:
     metric: str = "val_acc"
     direction: str | None = None  # default: the metric's natural direction
     seed: int = 0
+    user_attrs: Mapping[str, Any] = field(default_factory=dict)  # set on the Optuna study, e.g. {"kind": ...}
 
     def with_options(self, options: RunOptions) -> StudySpec:
         """The spec with the CLI's overrides applied."""
@@ -56,6 +60,8 @@ class StudySpec:
             changes["timeout"] = options.timeout
         if options.seed is not None:
             changes["seed"] = options.seed
+        if options.fixed:
+            changes["space"] = {**self.space, **options.fixed}
         return dataclasses.replace(self, **changes)
 
     @property
@@ -113,6 +119,9 @@ class StudySpec:
     def run(self, options: RunOptions) -> Any:
         """Run the study (what `tuner run` and `python studies/X.py` call); returns the Optuna study."""
         from tuner.runner import run_study
+
+        if options.budget != "default":
+            raise UserError(f"--budget {options.budget}: study {self.name!r} has only the default budget; drop --budget")
 
         return run_study(self, options)
 
