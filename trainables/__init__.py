@@ -41,7 +41,25 @@ _EXPORTS = {
     "resolve_device": "trainables.loop",
     "build_model": "trainables.models",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [  # spelled out, not sorted(_EXPORTS): linters read the public names from a literal list
+    "ADAM_FAMILY",
+    "DATASETS",
+    "MODELS",
+    "MOMENTUM_OPTIMIZERS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "SCHEDULE_FIELDS",
+    "ConfigError",
+    "DatasetNotFound",
+    "Diverged",
+    "EpochResult",
+    "TrainConfig",
+    "build_model",
+    "fit",
+    "fit_splits",
+    "load_splits",
+    "resolve_device",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -98,6 +98,8 @@ class TrainConfig:
             raise ConfigError("device", self.device, "one of auto, cpu, cuda, cuda:N")
         if self.lr_schedule == "warmup_cosine" and self.warmup_epochs >= self.epochs:
             raise ConfigError("warmup_epochs", self.warmup_epochs, f"fewer than epochs ({self.epochs})")
+        if self.optimizer == "nesterov" and self.momentum == 0:  # torch.optim.SGD refuses it only when training
+            raise ConfigError("momentum", self.momentum, "a number in (0.0, 1.0) for nesterov")
 
     @property
     def betas(self) -> tuple[float, float]:

@@ -75,7 +75,9 @@ def _build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, step
     if name == "plateau":
         return s.ReduceLROnPlateau(optimizer, factor=config.plateau_factor, patience=config.plateau_patience)
     if name == "onecycle":
-        return s.OneCycleLR(optimizer, max_lr=config.lr, total_steps=epochs * steps_per_epoch)
+        # cycle_momentum=False: cycling would overwrite the configured momentum/beta1, give plain sgd
+        # momentum, and fails outright for adagrad (no momentum to cycle)
+        return s.OneCycleLR(optimizer, max_lr=config.lr, total_steps=epochs * steps_per_epoch, cycle_momentum=False)
     if name == "warmup_cosine":
         return s.LambdaLR(optimizer, lambda epoch: warmup_cosine_factor(epoch, config.warmup_epochs, epochs))
     raise ValueError(f"unknown lr_schedule {name!r}")
