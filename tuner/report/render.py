@@ -1,0 +1,155 @@
+"""Write a report: HTML page, PNG per figure, summary as CSV and Markdown, tidy tables as CSV; log it to MLflow."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tuner.report.extract import Tables, extract
+from tuner.report.load import load_studies
+from tuner.report.sections import Entry, build_entries
+from tuner.storage import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, redact
+
+ARTIFACT_DIR = "report"  # under each study's MLflow parent run
+PNG_HINT = (
+    "PNG images skipped: kaleido found no Chrome/Chromium ({reason}); install one "
+    "(apt-get install chromium) or set BROWSER_PATH to its executable, then run `tuner report` again"
+)
+PNG_WIDTH_PX = 1100
+
+
+@dataclass
+class Report:
+    """What `build_report` wrote, and how long each step took."""
+
+    html: Path
+    files: list[Path]
+    pngs: list[Path]
+    notes: list[str]
+    answer: str
+    logged_to: list[str] = field(default_factory=list)  # MLflow parent run ids
+    seconds: dict[str, float] = field(default_factory=dict)  # per step: extract, figures, png, html, mlflow
+
+
+def write_report(
+    study_names: list[str],
+    out_dir: str | Path,
+    storage: str = DEFAULT_STORAGE,
+    tracking_uri: str = DEFAULT_TRACKING_URI,
+    png: bool = True,
+) -> Path:
+    """Write the comparison report of `study_names` into `out_dir`; returns the HTML page's path.
+
+    A name that is no study but has `NAME.<x>` studies stands for all of them. Unknown names
+    raise UserError before anything is written. When PNGs cannot be made, one line on stderr
+    says how to get them.
+    """
+    report = build_report(study_names, out_dir, storage, tracking_uri, png)
+    for note in report.notes:
+        if note.startswith("PNG images skipped"):
+            print(f"tuner: {note}", file=sys.stderr)
+    return report.html
+
+
+def build_report(
+    study_names: list[str],
+    out_dir: str | Path,
+    storage: str = DEFAULT_STORAGE,
+    tracking_uri: str = DEFAULT_TRACKING_URI,
+    png: bool = True,
+) -> Report:
+    from tuner.report import aggregate as agg
+    from tuner.report.page import display_summary, html_page, markdown_table
+    from tuner.report.summary import headline, summary_table
+
+    clock = Timer()
+    studies = load_studies(study_names, storage)  # raises UserError before anything is written
+    tables = extract(studies, tracking_uri)
+    clock.lap("extract")
+    by = agg.comparison_key(tables.trials)
+    summary = summary_table(tables, by)
+    answer = headline(tables, summary, by)
+    entries = build_entries(tables, by)
+    clock.lap("figures")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    notes = list(tables.notes)
+    shown = display_summary(summary, by, tables.metric)
+    summary.to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(f"{answer}\n\n{markdown_table(shown)}")
+    tables.trials.to_csv(out / "trials.csv", index=False)
+    tables.epochs.to_csv(out / "epochs.csv", index=False)
+    pngs: list[Path] = []
+    if png:
+        pngs, note = write_pngs(entries, out / "png")
+        if note:
+            notes.append(note)
+    clock.lap("png")
+    html_path = out / "report.html"
+    files = ["summary.csv", "summary.md", "trials.csv", "epochs.csv"] + [f"png/{p.name}" for p in pngs]
+    entry_notes = {e.note for e in entries if e.note}
+    page_notes = [n for n in notes if n not in entry_notes]
+    title = f"Report: {', '.join(tables.studies['study'])}"
+    html_path.write_text(html_page(title, answer, shown, entries, page_notes, files), encoding="utf-8")
+    clock.lap("html")
+    written = [html_path, *(out / f for f in files)]
+    logged, log_note = log_to_mlflow(tables, written, out, tracking_uri)
+    if log_note:
+        notes.append(log_note)
+    clock.lap("mlflow")
+    return Report(html_path, written, pngs, notes, answer, logged, clock.laps)
+
+
+def write_pngs(entries: list[Entry], folder: Path) -> tuple[list[Path], str | None]:
+    """Every figure as PNG, in one kaleido session (one browser start for all of them)."""
+    import plotly.io as pio
+
+    figures = [e for e in entries if e.figure is not None]
+    if not figures:
+        return [], None
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.png"):  # from an earlier report of other studies
+        stale.unlink()
+    paths = [folder / f"{e.slug}.png" for e in figures]
+    heights = [int(e.figure.layout.height or 500) for e in figures]
+    try:
+        pio.write_images([e.figure for e in figures], paths, width=PNG_WIDTH_PX, height=heights, validate=False)
+    except Exception as exc:  # no browser, or one that fails to start: the page and tables are still written
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        return [p for p in paths if p.is_file()], PNG_HINT.format(reason=reason)
+    return paths, None
+
+
+def log_to_mlflow(tables: Tables, files: list[Path], out: Path, tracking_uri: str) -> tuple[list[str], str | None]:
+    """The written files as artifacts under `report/` on the parent run of every study that has one."""
+    parents = [str(r) for r in tables.studies["parent_run_id"].dropna().unique()]
+    if not parents or any(n.startswith("MLflow store") for n in tables.notes):
+        return [], None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri)
+    logged = []
+    try:
+        for run_id in parents:
+            for path in files:
+                sub = path.parent.relative_to(out).as_posix()
+                client.log_artifact(run_id, str(path), ARTIFACT_DIR if sub == "." else f"{ARTIFACT_DIR}/{sub}")
+            logged.append(run_id)
+    except (MlflowException, OSError) as exc:
+        return logged, f"report not logged to MLflow at {redact(tracking_uri)}: {' '.join(str(exc).split())[:200]}"
+    return logged, None
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = now - self._last
+        self._last = now

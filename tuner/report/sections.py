@@ -1,0 +1,126 @@
+"""Which figures a report holds, decided from its tables: comparison, seeds, per-kind, per-study."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from tuner.report import aggregate as agg
+from tuner.report import figures, study_figures
+from tuner.report.extract import Tables
+from tuner.report.labels import metric_label, seed_metric_label, test_metric_for
+
+MAX_CURVES_PER_STUDY = 60  # intermediate-values figure: more lines are unreadable and slow to draw
+
+
+@dataclass
+class Entry:
+    """One figure of the page, or the note that stands in for it."""
+
+    slug: str  # unique; the PNG's file name and the plot div's id
+    section: str
+    figure: Any  # plotly Figure, or None when a note stands in for it
+    note: str | None = None
+
+
+def build_entries(tables: Tables, by: str | None) -> list[Entry]:
+    trials, epochs, direction = tables.trials, tables.epochs, tables.direction
+    metric = metric_label(tables.metric)
+    search = agg.tuning(trials)
+    groups = agg.group_order(search[by], by) if by else ["all trials"]
+    entries: list[Entry] = []
+    what = f"Comparison by {by}" if by else "All trials"
+    if by:
+        bands = agg.curve_bands(epochs, trials, by)
+        # seed re-runs repeat each optimizer's best config; other comparisons have none to draw
+        seeds = agg.seed_curves(epochs, trials if by == "optimizer" else trials.iloc[0:0], by)
+        entries.append(Entry("learning-curves", what, figures.learning_curves(bands, seeds, groups, by, metric)))
+    if search["lr"].notna().any() and (by or search["lr"].nunique() > 1):
+        entries.append(Entry("lr-sensitivity", what, figures.lr_sensitivity(search, groups, by, metric)))
+    if len(search):
+        best = agg.best_so_far(trials, by, direction)
+        entries.append(Entry("tuning-budget", what, figures.budget_curves(best, groups, by, metric)))
+    entries += _seed_entries(tables, by or "optimizer")
+    entries += _kind_entries(tables, by)
+    for study in tables.studies["study"]:
+        entries += _study_entries(tables, str(study))
+    return entries
+
+
+def _seed_entries(tables: Tables, by: str) -> list[Entry]:
+    runs = agg.seed_runs(tables.trials)
+    if runs.empty:
+        return []
+    metric = agg.seed_metric(tables.trials, test_metric_for(tables.metric))
+    label = seed_metric_label(tables.metric, metric)
+    stats = agg.seed_summary(tables.trials, by, metric)
+    table = runs.dropna(subset=[by, "group"]).rename(columns={"group": "seed_group"})
+    table = table.assign(group=table[by], value=table[metric])[["group", "seed_group", "seed", "value"]]
+    groups = agg.group_order(table["group"], by)
+    return [Entry("seed-reruns", "Seed re-runs", figures.seed_distribution(table, stats, groups, label))]
+
+
+def _kind_entries(tables: Tables, by: str | None) -> list[Entry]:
+    entries: list[Entry] = []
+    trials, metric = tables.trials, metric_label(tables.metric)
+    if by == "schedule":
+        curves = agg.lr_curves_of_best(tables.epochs, trials, by, tables.direction)
+        if len(curves):
+            groups = agg.group_order(curves["group"], by)
+            entries.append(Entry("schedule-lr", "Learning-rate schedules", figures.lr_of_best(curves, groups, by)))
+    for study, kind in zip(tables.studies["study"], tables.studies["kind"], strict=True):
+        own = trials[trials["study"] == study]
+        if kind == "batch_size":
+            best = agg.batch_size_best(own, tables.direction)
+            if len(best):
+                entries.append(
+                    Entry(_slug(f"batch-size-{study}"), "Batch size", figures.batch_size_figure(best, metric))
+                )
+        if kind == "regularization":
+            points = agg.regularization_points(own)
+            if len(points):
+                entries.append(
+                    Entry(_slug(f"regularization-{study}"), "Regularization", figures.regularization_figure(points))
+                )
+    return entries
+
+
+def _study_entries(tables: Tables, study: str) -> list[Entry]:
+    trials = tables.trials[tables.trials["study"] == study]
+    epochs = tables.epochs[tables.epochs["study"] == study]
+    metric = metric_label(tables.metric)
+    section = f"Study {study}"
+    slug = _slug(study)
+    params = tables.params[tables.params["study"] == study]
+    entries = []
+    parallel = study_figures.parallel_coordinates(trials, params, study, metric)
+    entries.append(
+        Entry(
+            f"{slug}-parallel",
+            section,
+            parallel,
+            None
+            if parallel
+            else f"{study}: no parameter was sampled in every complete trial, so no parallel coordinates",
+        )
+    )
+    rows = tables.importances[tables.importances["study"] == study]
+    skipped = next((n for n in tables.notes if n.startswith(f"{study}: parameter importances")), None)
+    entries.append(Entry(f"{slug}-importances", section, study_figures.importances(rows, study, metric), skipped))
+    if len(epochs):
+        shown = agg.shown_trials(trials, tables.direction, MAX_CURVES_PER_STUDY)
+        entries.append(
+            Entry(
+                f"{slug}-intermediate",
+                section,
+                study_figures.intermediate_values(epochs, shown, len(trials), study, metric),
+            )
+        )
+    if len(trials):
+        entries.append(Entry(f"{slug}-timeline", section, study_figures.timeline(trials, study)))
+    return entries
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-").lower()
