@@ -21,7 +21,8 @@ if TYPE_CHECKING:
         ConfigError,
         TrainConfig,
     )
-    from trainables.data import DatasetNotFound, load_splits
+    from trainables.data import load_splits
+    from trainables.datafiles import DatasetNotFound, check_dataset_files
     from trainables.loop import Diverged, EpochResult, fit, fit_splits, resolve_device
     from trainables.models import build_model
 
@@ -32,7 +33,8 @@ _EXPORTS = {
     ),
     "ConfigError": "trainables.config",
     "TrainConfig": "trainables.config",
-    "DatasetNotFound": "trainables.data",
+    "DatasetNotFound": "trainables.datafiles",
+    "check_dataset_files": "trainables.datafiles",
     "load_splits": "trainables.data",
     "Diverged": "trainables.loop",
     "EpochResult": "trainables.loop",
@@ -55,6 +57,7 @@ __all__ = [  # spelled out, not sorted(_EXPORTS): linters read the public names 
     "EpochResult",
     "TrainConfig",
     "build_model",
+    "check_dataset_files",
     "fit",
     "fit_splits",
     "load_splits",

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import torch
 
-
-class DatasetNotFound(FileNotFoundError):
-    """A torchvision dataset's files are not in the data directory."""
+from trainables.datafiles import DatasetNotFound
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,22 @@ in `classify`.
 from __future__ import annotations
 
 import gc
+import logging
+import os
+import socket
+import traceback
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
 
 import trainables
 from tuner.space import Space, suggest
+from tuner.storage import MAX_RETRY
 from tuner.tracking import RUN_ID_ATTR, StudyTracking
 
 FitFn = Callable[..., Generator[trainables.EpochResult, None, None]]
@@ -26,6 +33,7 @@ PRUNED_AT_ATTR = "pruned_at_epoch"
 # whose worker died, so a retry finds here which checkpoint to resume and, in RUN_ID_ATTR,
 # the MLflow run of the attempt it replaces.
 ATTEMPT_OF_ATTR = "attempt_of_trial"
+WORKER_ATTR = "worker"  # host:pid of the process running the trial
 
 
 class TrialFailed(Exception):
@@ -74,9 +82,14 @@ class TrialRunner:
         epochs_done = 0
         try:
             config = suggest(trial, self.space, self.overrides)
-            run = self.tracking.start_trial(trial.number, trial.params, config, retry_of_run=retry_of_run)
+            if retry_of_run is not None:  # normally closed by the worker that found it stale
+                self.tracking.close_dead_attempt(first_number, retry_of_run, WORKER_DIED)
+            run = self.tracking.start_trial(
+                trial.number, trial.params, config, retry_of_run, attempt_of_trial=first_number, worker=worker_id()
+            )
             trial.set_user_attr(ATTEMPT_OF_ATTR, first_number)
             trial.set_user_attr(RUN_ID_ATTR, run.run_id)
+            trial.set_user_attr(WORKER_ATTR, worker_id())
             value = None
             epochs = self.fit(config, checkpoint=checkpoint)
             try:
@@ -99,10 +112,12 @@ class TrialRunner:
             self._record(trial, state, reason, epochs_done)
             if run is not None:
                 run.finish(state, reason, error=exc if state == "FAIL" else None)
-            if state != "KILLED":  # an interrupted trial keeps its checkpoint for its retry
+            if state == "KILLED":  # queued again; its retry resumes from the checkpoint kept here
+                requeue(trial)
+            else:
                 self._remove_checkpoint(checkpoint)
             if state == "FAIL" and _is_cuda_oom(exc):
-                _release_cuda_memory()
+                _release_cuda_memory(exc)
             if state == "PRUNED":
                 raise optuna.TrialPruned(reason) from exc
             if state == "FAIL":
@@ -124,9 +139,63 @@ class TrialRunner:
             path.unlink(missing_ok=True)
 
 
-def _release_cuda_memory() -> None:
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def requeue(trial: optuna.Trial) -> None:
+    """Queue a WAITING copy of an interrupted trial: same params and user attributes, so that
+    the next run resumes it from its checkpoint, linked to this attempt's MLflow run.
+
+    The copy's system attributes say which trial it replaces, as Optuna's retry of a stale
+    trial does (`failed_trial`, `retry_history`), so budgets count the trial once.
+    """
+    frozen = trial.storage.get_trial(trial._trial_id)
+    user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in (REASON_ATTR, PRUNED_AT_ATTR)}
+    system_attrs = {"failed_trial": frozen.number, "retry_history": [], **frozen.system_attrs}
+    system_attrs["retry_history"] = [*system_attrs["retry_history"], frozen.number]
+    trial.study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=frozen.params,
+            distributions=frozen.distributions,
+            user_attrs=user_attrs,
+            system_attrs=system_attrs,
+        )
+    )
+
+
+WORKER_DIED = "worker died: its trial stopped sending heartbeats"
+
+
+class StaleTrialHandler:
+    """Run on each trial found stale (its worker died): close its MLflow run, then retry it.
+
+    The retry is Optuna's: a WAITING copy with the same params and user attributes, so it
+    resumes from the dead attempt's checkpoint and its run links to the dead one.
+    """
+
+    def __init__(self, tracking: StudyTracking, max_retry: int = MAX_RETRY) -> None:
+        self.tracking = tracking
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        worker = trial.user_attrs.get(WORKER_ATTR, "unknown")
+        try:
+            self.tracking.close_dead_attempt(
+                trial.number, trial.user_attrs.get(RUN_ID_ATTR), f"{WORKER_DIED} ({worker})"
+            )
+        except Exception as exc:  # MLflow unreachable: the retry matters more than the record
+            logging.getLogger(__name__).warning("could not close the run of dead trial %d: %s", trial.number, exc)
+        self.retry(study, trial)
+
+
+def _release_cuda_memory(exc: BaseException) -> None:
     import torch
 
-    gc.collect()  # drop the failed trial's tensors before handing memory back
+    # The traceback holds the failed trial's frames and with them its tensors: clear them,
+    # collect, and hand the cached blocks back to the driver.
+    traceback.clear_frames(exc.__traceback__)
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

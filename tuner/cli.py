@@ -25,9 +25,32 @@ class _Parser(argparse.ArgumentParser):
 
 
 def add_storage_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage (default {DEFAULT_STORAGE})")
+    # from the environment too, so that URLs with passwords need not be on a command line
     parser.add_argument(
-        "--tracking-uri", default=DEFAULT_TRACKING_URI, help=f"MLflow tracking URI (default {DEFAULT_TRACKING_URI})"
+        "--storage",
+        default=os.environ.get("TUNER_STORAGE", DEFAULT_STORAGE),
+        help=f"Optuna storage (default: $TUNER_STORAGE, else {DEFAULT_STORAGE})",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("TUNER_TRACKING_URI", DEFAULT_TRACKING_URI),
+        help=f"MLflow tracking URI (default: $TUNER_TRACKING_URI, else {DEFAULT_TRACKING_URI})",
+    )
+
+
+def _gpu_list(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of GPU indices such as 0,1")
+    return tuple(int(p) for p in parts)
+
+
+def add_worker_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers", type=int, help="worker processes sharing the study and its trials (default: 1, or one per GPU)"
+    )
+    parser.add_argument(
+        "--gpus", type=_gpu_list, default=(), help="GPUs for the workers, e.g. 0,1: worker i trains on the i-th"
     )
 
 
@@ -40,6 +63,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study-name", help="study name (default: the study's)")
     parser.add_argument("--quiet", action="store_true", help="no live progress display")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep per-trial checkpoints after trials end")
+    parser.add_argument("--checkpoint-dir", help="where trials checkpoint each epoch (shared by all hosts' workers)")
     parser.add_argument("--no-report", dest="report", action="store_false", help="do not write the report at the end")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
@@ -57,6 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a study script (create or resume its study)")
     run.add_argument("script", help="path of a study script, e.g. studies/quickstart.py")
     add_run_flags(run)
+    add_worker_flags(run)
+
+    create = sub.add_parser(
+        "create", help="create a study (or add --n-trials to its budget) for `tuner worker`s to run, and exit"
+    )
+    create.add_argument("script", help="path of a study script, e.g. studies/quickstart.py")
+    add_run_flags(create)
+
+    worker = sub.add_parser("worker", help="join an existing study and run its trials until its budget is used")
+    worker.add_argument("--study", required=True, help="name of a study made by `tuner create` or `tuner run`")
+    add_storage_flags(worker)
+    worker.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the study's, auto)")
+    worker.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    worker.add_argument("--worker-index", type=int, help="offsets the sampler seed (default: the process id)")
+    worker.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    worker.add_argument("--checkpoint-dir", help="where trials checkpoint each epoch (shared by all hosts' workers)")
+    worker.add_argument("--keep-checkpoints", action="store_true", help="keep per-trial checkpoints after trials end")
+    worker.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    worker.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
     studies = sub.add_parser("studies", help="list the studies in a storage")
     add_storage_flags(studies)
@@ -76,20 +119,23 @@ def main_for_script(study: Any, argv: list[str] | None = None) -> None:
     """`python studies/X.py [flags]`: the same flags as `tuner run`."""
     parser = _Parser(prog=os.path.basename(sys.argv[0]), description=getattr(study, "__doc__", None))
     add_run_flags(parser)
+    add_worker_flags(parser)
     args = parser.parse_args(argv)
     sys.exit(_dispatch(args, lambda: run_and_summarise(study, args)))
 
 
 def _dispatch(args: argparse.Namespace, command: Any) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM closes the trial like Ctrl-C
+    # Ctrl-C raises KeyboardInterrupt even when started with SIGINT ignored (`cmd &` in a script)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return int(command())
+    except TerminatedError:  # before KeyboardInterrupt: it is one
+        print("tuner: terminated; the study can be resumed by running the same command again", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("tuner: interrupted; the study can be resumed by running the same command again", file=sys.stderr)
         return 130
-    except TerminatedError:
-        print("tuner: terminated; the study can be resumed by running the same command again", file=sys.stderr)
-        return 143
     except Exception as exc:
         if getattr(args, "debug", False):
             raise
@@ -114,6 +160,19 @@ def _run_command(args: argparse.Namespace) -> int:
         from tuner.scripts import load_study_script
 
         return run_and_summarise(load_study_script(args.script), args)
+    if args.command == "create":
+        from tuner.scripts import load_study_script
+        from tuner.workers import create
+
+        return create(load_study_script(args.script), run_options(args))
+    if args.command == "worker":
+        from tuner.workers import join
+
+        options = run_options(args)
+        ran = join(args.study, options, worker_index=args.worker_index, timeout=args.timeout)
+        if not args.quiet:
+            print(f"worker done: ran {ran} trial(s) of study {args.study}")
+        return 0
     if args.command == "studies":
         from tuner.results import list_studies
 
@@ -129,17 +188,26 @@ def run_options(args: argparse.Namespace) -> Any:
     from tuner.study import RunOptions
 
     return RunOptions(
-        n_trials=args.n_trials,
+        n_trials=getattr(args, "n_trials", None),
         timeout=args.timeout,
         storage=args.storage,
         tracking_uri=args.tracking_uri,
         device=args.device,
-        seed=args.seed,
-        study_name=args.study_name,
+        seed=getattr(args, "seed", None),
+        study_name=getattr(args, "study_name", None),
         quiet=args.quiet,
         keep_checkpoints=args.keep_checkpoints,
-        report=args.report,
+        report=getattr(args, "report", False),
+        workers=_workers(args),
+        gpus=getattr(args, "gpus", ()),
+        checkpoint_dir=args.checkpoint_dir,
+        threads=getattr(args, "threads", None),
     )
+
+
+def _workers(args: argparse.Namespace) -> int:
+    workers = getattr(args, "workers", None)
+    return int(workers) if workers is not None else max(1, len(getattr(args, "gpus", ())))
 
 
 def run_and_summarise(study_spec: Any, args: argparse.Namespace) -> int:

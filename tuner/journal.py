@@ -25,13 +25,13 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         path: str,
         heartbeat_interval: int | None,
         grace_period: int,
-        stale_trial_callback: Callable[[Any, FrozenTrial], None] | None,
+        heartbeat_stale_trial_callback: Callable[[Any, FrozenTrial], None] | None,
     ) -> None:
         super().__init__(JournalFileBackend(path))
         self.path = path
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
-        self.stale_trial_callback = stale_trial_callback
+        self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback  # RDBStorage's name
 
     def record_heartbeat(self, trial_id: int) -> None:
         self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
@@ -40,10 +40,12 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         now = time.time()
         stale = []
         for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            beat = trial.system_attrs.get(HEARTBEAT_ATTR)
-            if beat is None and trial.datetime_start is not None:
-                beat = trial.datetime_start.timestamp()
-            if beat is not None and now - float(beat) > self.grace_period:
+            # A retry inherits its dead attempt's system attributes, old heartbeat included: it is
+            # alive since it started, whatever that inherited beat says.
+            beats = [float(trial.system_attrs.get(HEARTBEAT_ATTR, 0.0))]
+            if trial.datetime_start is not None:
+                beats.append(trial.datetime_start.timestamp())
+            if now - max(beats) > self.grace_period:
                 stale.append(trial._trial_id)
         return stale
 
@@ -51,4 +53,4 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         return self.heartbeat_interval
 
     def get_heartbeat_stale_trial_callback(self) -> Callable[[Any, FrozenTrial], None] | None:
-        return self.stale_trial_callback
+        return self.heartbeat_stale_trial_callback

@@ -89,6 +89,13 @@ def validate_space(space: Space) -> None:
         )
     fields = set(TrainConfig.field_names())
     seen: set[str] = set()
+    fixed = {name: value for name, value in space.items() if name in fields and not is_distribution(value)}
+    for name, value in fixed.items():
+        _check_fixed(name, value)
+    try:
+        TrainConfig(**fixed)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"search space: the fixed values do not fit together: {exc}") from None
     for name, dist in space.items():
         if name not in fields:
             raise UserError(
@@ -111,6 +118,7 @@ def validate_space(space: Space) -> None:
         elif isinstance(dist, Categorical) and len(dist.choices) == 0:
             raise UserError(f"{where}: a Categorical needs at least one choice")
         if is_distribution(dist):
+            _check_values(name, dist, fixed)
             for cond_name, allowed in dist.when.items():
                 if cond_name not in space:
                     raise UserError(
@@ -125,6 +133,20 @@ def validate_space(space: Space) -> None:
         else:
             _check_fixed(name, dist)
         seen.add(name)
+
+
+def _check_values(name: str, dist: Distribution, fixed: Mapping[str, Any]) -> None:
+    """Every value a trial can draw must make a valid TrainConfig: the choices, the range's ends."""
+    if isinstance(dist, Categorical):
+        values = [("choice", v) for v in dist.choices]
+    else:
+        values = [("low end", dist.low), ("high end", dist.high)]
+    for what, value in values:
+        try:
+            TrainConfig(**{**fixed, name: value})
+        except (TypeError, ValueError) as exc:
+            fix = "drop that choice" if what == "choice" else "narrow the range"
+            raise UserError(f"search space: {name}: {what} {exc}; {fix}") from None
 
 
 def _check_fixed(name: str, value: Any) -> None:
@@ -176,6 +198,27 @@ def describe(space: Space) -> dict[str, Any]:
         return out
 
     return {name: one(d) for name, d in space.items()}
+
+
+def space_from_description(described: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of `describe`: the space rebuilt from its JSON record (a worker joining a study)."""
+    space: dict[str, Any] = {}
+    for name, d in described.items():
+        if not isinstance(d, Mapping):
+            raise UserError(f"recorded search space: {name!r} is not a distribution record")
+        when = {k: list(v) for k, v in d.get("when", {}).items()}
+        kind = d.get("type")
+        if "fixed" in d:
+            space[name] = d["fixed"]
+        elif kind == "float":
+            space[name] = Float(d["low"], d["high"], log=d["log"], step=d.get("step"), when=when)
+        elif kind == "int":
+            space[name] = Int(d["low"], d["high"], log=d["log"], step=d.get("step", 1), when=when)
+        elif kind == "categorical":
+            space[name] = Categorical(list(d["choices"]), when=when)
+        else:
+            raise UserError(f"recorded search space: {name!r} has unknown type {kind!r}")
+    return space
 
 
 def grid_values(space: Space) -> dict[str, list[Any]]:

@@ -6,6 +6,7 @@ Optuna and SQLite `mlruns/mlflow.db` (artifacts in `mlruns/artifacts/`) for MLfl
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.parse
 import urllib.request
@@ -20,6 +21,8 @@ DEFAULT_TRACKING_URI = f"sqlite:///{DEFAULT_STORE / 'mlflow.db'}"
 HEARTBEAT_SECONDS = 10  # how often a running trial tells the storage it is alive
 GRACE_SECONDS = 30  # silence after which a running trial counts as dead and is retried
 MAX_RETRY = 3  # retries of a trial whose worker died
+# Override both (whole seconds) for every process of a run, e.g. short ones in tests.
+HEARTBEAT_ENV, GRACE_ENV = "TUNER_HEARTBEAT_SECONDS", "TUNER_GRACE_SECONDS"
 
 _PASSWORD = re.compile(r"(?<=://)([^:/@\s]*):([^@\s]*)@")
 
@@ -74,8 +77,32 @@ def _check_parent_dir(path: Path, flag: str) -> None:
         raise UserError(f"{flag} {path}: directory {parent} does not exist; create it or choose another path")
 
 
+def heartbeat_seconds() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds: the defaults or the environment's."""
+    values = []
+    for name, default in ((HEARTBEAT_ENV, HEARTBEAT_SECONDS), (GRACE_ENV, GRACE_SECONDS)):
+        text = os.environ.get(name, "").strip()
+        if not text:
+            values.append(default)
+            continue
+        if not text.isdigit() or int(text) < 1:
+            raise UserError(f"{name}={text!r}: give a whole number of seconds >= 1, or unset it")
+        values.append(int(text))
+    interval, grace = values
+    if grace <= interval:
+        raise UserError(
+            f"{GRACE_ENV} ({grace}) must be longer than {HEARTBEAT_ENV} ({interval}), "
+            "or live trials count as dead; e.g. 3 times as long"
+        )
+    return interval, grace
+
+
 def open_storage(url: str, heartbeat: bool = True) -> Any:
-    """An Optuna storage for `url`, with heartbeats so that dead workers' trials are retried."""
+    """An Optuna storage for `url`, with heartbeats so that dead workers' trials are retried.
+
+    The stale-trial callback retries the trial; `set_stale_trial_callback` replaces it with one
+    that also closes the dead attempt's MLflow run.
+    """
     import warnings
 
     import optuna
@@ -84,6 +111,7 @@ def open_storage(url: str, heartbeat: bool = True) -> Any:
     check_storage_url(url)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     kind = storage_kind(url)
+    interval, grace = heartbeat_seconds()
     retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat else None
     if kind == "journal":
         from tuner.journal import HeartbeatJournalStorage
@@ -92,9 +120,9 @@ def open_storage(url: str, heartbeat: bool = True) -> Any:
         path.parent.mkdir(parents=True, exist_ok=True)
         return HeartbeatJournalStorage(
             str(path),
-            heartbeat_interval=HEARTBEAT_SECONDS if heartbeat else None,
-            grace_period=GRACE_SECONDS,
-            stale_trial_callback=retry,
+            heartbeat_interval=interval if heartbeat else None,
+            grace_period=grace,
+            heartbeat_stale_trial_callback=retry,
         )
     if kind == "sqlite":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -103,8 +131,8 @@ def open_storage(url: str, heartbeat: bool = True) -> Any:
         return optuna.storages.RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_SECONDS if heartbeat else None,
-            grace_period=GRACE_SECONDS if heartbeat else None,
+            heartbeat_interval=interval if heartbeat else None,
+            grace_period=grace if heartbeat else None,
             heartbeat_stale_trial_callback=retry,
         )
     except Exception as exc:  # connection refused, bad password, missing database...
@@ -112,6 +140,14 @@ def open_storage(url: str, heartbeat: bool = True) -> Any:
         raise UserError(
             f"--storage {redact(url)}: cannot open it ({redact(reason)}); check host, port, database and password"
         ) from None
+
+
+def set_stale_trial_callback(storage: Any, callback: Any) -> None:
+    """Replace the callback run on each trial found stale (RDB and journal storages name it alike)."""
+    if not hasattr(storage, "heartbeat_stale_trial_callback"):  # a study wraps RDBStorage in a cache
+        storage = getattr(storage, "_backend", storage)
+    if getattr(storage, "heartbeat_stale_trial_callback", None) is not None:
+        storage.heartbeat_stale_trial_callback = callback
 
 
 def check_tracking_uri(uri: str) -> None:

@@ -8,7 +8,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from tuner.errors import UserError
-from tuner.space import Space, default_space, describe, grid_values, validate_space
+from tuner.space import (
+    Categorical,
+    Space,
+    default_space,
+    describe,
+    grid_values,
+    space_from_description,
+    validate_space,
+)
 from tuner.storage import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, check_storage_url, check_tracking_uri, redact
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc")
@@ -32,6 +40,10 @@ class RunOptions:
     report: bool = True
     budget: str = "default"  # a study script's named budget (e.g. small); StudySpec has only the default
     fixed: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig values replacing the space's entries
+    workers: int = 1  # worker processes on this machine, sharing the study and its trial budget
+    gpus: tuple[int, ...] = ()  # CUDA device indices; worker i trains on gpus[i], one trial per GPU
+    checkpoint_dir: str | None = None  # default: `checkpoints/` beside a local store, else ./mlruns/checkpoints
+    threads: int | None = None  # torch CPU threads of this process (None: torch's default)
 
 
 @dataclass(frozen=True)
@@ -110,8 +122,21 @@ class StudySpec:
                 TrainConfig(device=options.device)
             except ConfigError as exc:
                 raise UserError(f"--device {options.device!r} is invalid: use auto, cpu, cuda or cuda:N") from exc
+        check_workers(options, self.space)
+        check_datasets(self.space)
         check_storage_url(options.storage)
         check_tracking_uri(options.tracking_uri)
+
+    def to_record(self) -> dict[str, Any]:
+        """The spec as JSON-friendly data, kept in the study so that `tuner worker` can rebuild it."""
+        record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "space"}
+        return {**record, "space": describe(self.space)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> StudySpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in record.items() if k in known and k != "space"}
+        return cls(**values, space=space_from_description(record["space"]))
 
     def describe_space(self) -> dict[str, Any]:
         return describe(self.space)
@@ -121,9 +146,63 @@ class StudySpec:
         from tuner.runner import run_study
 
         if options.budget != "default":
-            raise UserError(f"--budget {options.budget}: study {self.name!r} has only the default budget; drop --budget")
+            raise UserError(
+                f"--budget {options.budget}: study {self.name!r} has only the default budget; drop --budget"
+            )
 
         return run_study(self, options)
+
+
+def check_workers(options: RunOptions, space: Space) -> None:
+    """--workers and --gpus: a positive count, one trial per GPU, GPUs that exist."""
+    workers, gpus = options.workers, options.gpus
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserError(f"--workers {workers}: give 1 or more worker processes")
+    if not gpus:
+        device = options.device or space.get("device")
+        if isinstance(device, str) and device.startswith("cuda"):
+            _check_cuda(f"--device {device}", [int(device[5:])] if device[5:] else [0])
+        return
+    if options.device is not None:
+        raise UserError(
+            f"--gpus and --device {options.device} together: --gpus gives each worker its GPU; drop --device"
+        )
+    if len(set(gpus)) != len(gpus):
+        raise UserError(f"--gpus {','.join(map(str, gpus))}: a GPU is listed twice; list each once")
+    if workers > len(gpus):
+        raise UserError(
+            f"--workers {workers} with {len(gpus)} GPU(s) in --gpus: one trial per GPU at a time, so at most "
+            f"{len(gpus)} workers; drop --workers (one worker per GPU) or list more GPUs"
+        )
+    _check_cuda(f"--gpus {','.join(map(str, gpus))}", list(gpus))
+
+
+def _check_cuda(flag: str, indices: list[int]) -> None:
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise UserError(f"{flag}: CUDA is not available on this machine; drop it to train on the CPU")
+    missing = [i for i in indices if i >= count]
+    if missing:
+        raise UserError(f"{flag}: no GPU {missing[0]} here, this machine has {count} (0 to {count - 1})")
+
+
+def check_datasets(space: Space) -> None:
+    """Torchvision datasets must have their files before a study starts, not fail in every trial."""
+    from trainables import DatasetNotFound, TrainConfig, check_dataset_files
+
+    def values(name: str) -> list[Any]:
+        value = space.get(name, getattr(TrainConfig, name))
+        return list(value.choices) if isinstance(value, Categorical) else [value]
+
+    for dataset in values("dataset"):
+        for data_dir in values("data_dir"):
+            for download in values("download"):
+                try:
+                    check_dataset_files(str(dataset), str(data_dir), bool(download))
+                except DatasetNotFound as exc:
+                    raise UserError(str(exc)) from None
 
 
 def make_sampler(spec: StudySpec) -> Any:

@@ -84,12 +84,19 @@ class StudyTracking:
         return str(run.info.run_id)
 
     def start_trial(
-        self, trial_number: int, params: dict[str, Any], config: TrainConfig, retry_of_run: str | None = None
+        self,
+        trial_number: int,
+        params: dict[str, Any],
+        config: TrainConfig,
+        retry_of_run: str | None = None,
+        attempt_of_trial: int | None = None,
+        worker: str | None = None,
     ) -> TrialRun:
         """Create the trial's child run (nested under the study's parent run).
 
-        A retry of a trial whose worker died gets a run of its own, tagged with the run id of
-        the attempt it replaces (`tuner.retry_of_run`) and that attempt's trial number.
+        A retry of a trial whose worker died (or that was interrupted) gets a run of its own,
+        tagged with the run id of the attempt it replaces (`tuner.retry_of_run`) and the first
+        attempt's trial number (`tuner.attempt_of_trial`).
         """
         from mlflow.entities import Param, RunTag
 
@@ -101,6 +108,10 @@ class StudyTracking:
         }
         if retry_of_run is not None:
             tags["tuner.retry_of_run"] = retry_of_run
+        if attempt_of_trial is not None and attempt_of_trial != trial_number:
+            tags["tuner.attempt_of_trial"] = str(attempt_of_trial)
+        if worker is not None:
+            tags["tuner.worker"] = worker
         run = self.client.create_run(self.experiment_id, run_name=f"trial {trial_number}", tags=tags)
         logged = {**config.active(), **params}
         self.client.log_batch(
@@ -131,6 +142,30 @@ class StudyTracking:
     def finish_study(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_run_id, status=status)
 
+    def close_dead_attempt(self, trial_number: int, run_id: str | None, reason: str) -> str | None:
+        """Mark the run of a trial whose worker died FAILED with `reason`; returns its run id.
+
+        A killed worker cannot close its own run, so the worker that finds the trial stale does.
+        Without the run id (the worker died before recording it) the run is found by its tags.
+        """
+        from mlflow.entities import RunTag
+
+        if run_id is None:
+            found = self.client.search_runs(
+                [self.experiment_id],
+                f"tags.`tuner.role` = 'trial' and tags.`optuna.trial_number` = '{trial_number}'",
+                max_results=1,
+            )
+            if not found:
+                return None
+            run_id = found[0].info.run_id
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            return run_id  # closed already (by another worker, or the attempt ended after all)
+        tags = [RunTag("optuna.state", "FAIL"), RunTag("tuner.reason", reason)]
+        self.client.log_batch(run_id, tags=tags)
+        self.client.set_terminated(run_id, status="FAILED")
+        return run_id
+
 
 class TrialRun:
     """The child run of one trial: buffered per-epoch metrics, final state, artifacts."""
@@ -147,6 +182,8 @@ class TrialRun:
         self.history.append(result)
         now = int(time.time() * 1000)
         self._pending += [Metric(k, v, now, result.epoch) for k, v in result.metrics().items()]
+        if result.resumed:  # the first epoch after resuming a checkpoint: say where it took over
+            self.client.set_tag(self.run_id, "tuner.resumed_from_epoch", str(result.epoch - 1))
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 

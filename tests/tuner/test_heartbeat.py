@@ -1,0 +1,98 @@
+"""Heartbeats on every storage: a dead worker's trial goes stale, its MLflow run is closed as
+FAILED ("worker died"), and it comes back as a WAITING retry that resumes and links to it.
+
+The dead worker is played in-process: a trial that is started, beats once and is never
+touched again is exactly what a SIGKILLed worker leaves behind (the chaos test in
+test_workers.py does it with real processes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from tests.tuner.fakes import curve_fit
+from tests.tuner.procs import postgres_url, wait_for
+from trainables import TrainConfig
+from tuner.adapter import ATTEMPT_OF_ATTR, TrialRunner
+from tuner.runner import counted_trials, make_runner, prepare_study, work
+from tuner.space import Float
+from tuner.study import RunOptions, StudySpec
+from tuner.tracking import RUN_ID_ATTR
+
+__all__ = ["postgres_url"]  # a fixture
+# the test plays the dead worker with ask/tell, which Optuna warns is not how heartbeats are used
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One MLflow store for the module: creating its tables costs seconds."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def _storage_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if kind == "journal":
+        return str(tmp_path / "optuna.journal")
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'optuna.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
+def test_dead_workers_trial_is_detected_closed_retried_and_resumed(
+    kind: str, tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    monkeypatch.setenv("TUNER_HEARTBEAT_SECONDS", "1")
+    monkeypatch.setenv("TUNER_GRACE_SECONDS", "2")
+    options = RunOptions(storage=_storage_url(kind, tmp_path, request), tracking_uri=tracking_uri, quiet=True)
+    spec = StudySpec(name=f"stale-{kind}", space={"lr": Float(1e-3, 1e-1, log=True), "epochs": 3}, n_trials=1)
+    study, tracking = prepare_study(spec, options)
+
+    # the worker that dies: starts trial 0, records its run and one heartbeat, then nothing
+    dead = study.ask()
+    lr = dead.suggest_float("lr", 1e-3, 1e-1, log=True)
+    dead_run = tracking.start_trial(dead.number, dead.params, TrainConfig(lr=lr, epochs=3))
+    dead.set_user_attr(RUN_ID_ATTR, dead_run.run_id)
+    dead.set_user_attr(ATTEMPT_OF_ATTR, dead.number)
+    study._storage.record_heartbeat(dead._trial_id)
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[0].state == TrialState.RUNNING  # within the grace period it counts as alive
+
+    def stale_and_failed() -> bool:
+        optuna.storages.fail_stale_trials(study)  # what every worker does before each trial
+        return study.trials[0].state == TrialState.FAIL
+
+    wait_for(stale_and_failed, "the dead trial to be failed as stale", deadline_seconds=60, every=0.2)
+    _, retry_trial = study.trials
+    assert retry_trial.state == TrialState.WAITING
+    assert retry_trial.params == {"lr": lr}
+    assert retry_trial.user_attrs[RUN_ID_ATTR] == dead_run.run_id and retry_trial.user_attrs[ATTEMPT_OF_ATTR] == 0
+    assert retry_trial.system_attrs["failed_trial"] == 0
+    assert counted_trials(study.trials) == 1  # the retry replaces the dead attempt in the budget
+
+    client = MlflowClient(options.tracking_uri)
+    closed = client.get_run(dead_run.run_id)
+    assert closed.info.status == "FAILED"
+    assert closed.data.tags["tuner.reason"].startswith("worker died")
+    assert closed.data.tags["optuna.state"] == "FAIL"
+
+    # the retry, just popped, has not beaten yet: the heartbeat it inherited must not make it stale
+    retry = study.ask()
+    assert retry.number == retry_trial.number and retry.params == {"lr": lr}
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[1].state == TrialState.RUNNING
+    runner = make_runner(spec, options, tracking, fit=curve_fit)
+    assert isinstance(runner, TrialRunner)
+    study.tell(retry, runner(retry))
+
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    retry_run = client.get_run(study.trials[1].user_attrs[RUN_ID_ATTR])
+    assert retry_run.data.tags["tuner.retry_of_run"] == dead_run.run_id
+    assert retry_run.data.tags["tuner.attempt_of_trial"] == "0"
+    assert retry_run.info.status == "FINISHED"
+    assert work(study, runner, timeout=None) == 0  # the budget (1 trial) is used: no further trial
