@@ -2,7 +2,7 @@
 
 The pieces, one module each: `space` (search spaces as data), `study` (a study's spec and
 sampler/pruner), `adapter` (trainable <-> Optuna/MLflow, trial states), `tracking` (MLflow),
-`runner` (runs a study), `cli` (the `tuner` command).
+`runner` (runs a study), `group` (scripts that run several studies alike), `cli` (the `tuner` command).
 
 Names are imported on first use, so that `tuner --help` does not wait for torch.
 """
@@ -13,6 +13,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "Budget": "tuner.group",
+    "Rerun": "tuner.group",
+    "StudyGroup": "tuner.group",
     "Categorical": "tuner.space",
     "Float": "tuner.space",
     "Int": "tuner.space",

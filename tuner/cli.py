@@ -68,6 +68,20 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
+def add_budget_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--budget",
+        choices=("small", "default"),
+        default="default",
+        help="a study script's named budget: small for a quick look (minutes), default for the full study",
+    )
+
+
+def add_server_flags(parser: argparse.ArgumentParser, port: int) -> None:
+    parser.add_argument("--port", type=int, default=port, help=f"port on 127.0.0.1 (default {port})")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tuner.train_cli import add_config_flags
 
@@ -82,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("script", help="path of a study script, e.g. studies/quickstart.py")
     add_run_flags(run)
     add_worker_flags(run)
+    add_budget_flag(run)
 
     create = sub.add_parser(
         "create", help="create a study (or add --n-trials to its budget) for `tuner worker`s to run, and exit"
@@ -107,6 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     best = sub.add_parser("best", help="print a study's best params as JSON")
     best.add_argument("study", help="study name")
     add_storage_flags(best)
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on the local store and print the study's runs page")
+    add_server_flags(ui, 5000)
+    ui.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("TUNER_TRACKING_URI", DEFAULT_TRACKING_URI),
+        help=f"MLflow tracking URI (default: $TUNER_TRACKING_URI, else {DEFAULT_TRACKING_URI})",
+    )
+    ui.add_argument("--study", help="the study whose runs page to print (default: the newest study)")
+
+    dashboard = sub.add_parser("dashboard", help="start optuna-dashboard on the Optuna storage")
+    add_server_flags(dashboard, 8080)
+    dashboard.add_argument(
+        "--storage",
+        default=os.environ.get("TUNER_STORAGE", DEFAULT_STORAGE),
+        help=f"Optuna storage (default: $TUNER_STORAGE, else {DEFAULT_STORAGE})",
+    )
     return parser
 
 
@@ -120,6 +152,7 @@ def main_for_script(study: Any, argv: list[str] | None = None) -> None:
     parser = _Parser(prog=os.path.basename(sys.argv[0]), description=getattr(study, "__doc__", None))
     add_run_flags(parser)
     add_worker_flags(parser)
+    add_budget_flag(parser)
     args = parser.parse_args(argv)
     sys.exit(_dispatch(args, lambda: run_and_summarise(study, args)))
 
@@ -181,6 +214,14 @@ def _run_command(args: argparse.Namespace) -> int:
         from tuner.results import print_best
 
         return print_best(args.study, args.storage)
+    if args.command == "ui":
+        from tuner.servers import run_ui
+
+        return run_ui(args.port, args.tracking_uri, args.study)
+    if args.command == "dashboard":
+        from tuner.servers import run_dashboard
+
+        return run_dashboard(args.port, args.storage)
     raise UserError(f"unknown command {args.command}")
 
 
@@ -202,6 +243,7 @@ def run_options(args: argparse.Namespace) -> Any:
         gpus=getattr(args, "gpus", ()),
         checkpoint_dir=args.checkpoint_dir,
         threads=getattr(args, "threads", None),
+        budget=getattr(args, "budget", "default"),
     )
 
 
@@ -214,8 +256,10 @@ def run_and_summarise(study_spec: Any, args: argparse.Namespace) -> int:
     from tuner.results import print_summary
 
     options = run_options(args)
-    study = study_spec.run(options)
-    print_summary(study, options)
+    result = study_spec.run(options)
+    studies = result if isinstance(result, list) else [result]  # a study script may run several
+    for i, study in enumerate(studies):
+        print_summary(study, options, where=i == len(studies) - 1)
     return 0
 
 

@@ -65,8 +65,8 @@ def print_best(study_name: str, storage: str) -> int:
     return 0
 
 
-def print_summary(study: Any, options: Any) -> None:
-    """What a person needs after a run: the outcome and where to look at it."""
+def print_summary(study: Any, options: Any, where: bool = True) -> None:
+    """What a person needs after a run: the outcome and (`where`) where to look at it."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -80,6 +80,8 @@ def print_summary(study: Any, options: Any) -> None:
         print(f"best value {best.value:.4f} (trial {best.number}): {json.dumps(best.params, sort_keys=True)}")
     except ValueError:
         print("no completed trial yet")
+    if not where:
+        return
     print(f"Optuna storage: {redact(options.storage)}  (browse: tuner dashboard --storage {redact(options.storage)})")
     print(
         f"MLflow runs: {redact(options.tracking_uri)}  (browse: tuner ui --tracking-uri {redact(options.tracking_uri)})"

@@ -1,8 +1,9 @@
 """Run a study: validate, open storage and tracking, run trials until the budget is used, record the best.
 
 A study's trial budget is shared by every process working on it: `prepare_study` adds the
-run's `n_trials` to the budget kept in the study, and `work` runs trials while the study is
-short of it, so N workers run n_trials between them, not N times as many.
+run's `n_trials` to the budget kept in the study (or, with `n_trials_in_all`, sets it to
+`n_trials`), and `work` runs trials while the study is short of it, so N workers run n_trials
+between them, not N times as many.
 """
 
 from __future__ import annotations
@@ -106,7 +107,9 @@ def prepare_study(spec: StudySpec, options: RunOptions) -> tuple[Any, StudyTrack
     set_user_attrs(study, spec.user_attrs)
     tracking = StudyTracking(options.tracking_uri, study, spec.settings(options.storage), spec.describe_space())
     set_user_attrs(study, {SPEC_ATTR: spec.to_record()})
-    budget = None if spec.n_trials is None else counted_trials(study.get_trials(deepcopy=False)) + spec.n_trials
+    budget = spec.n_trials
+    if budget is not None and not options.n_trials_in_all:
+        budget += counted_trials(study.get_trials(deepcopy=False))
     study.set_user_attr(BUDGET_ATTR, budget)
     set_stale_trial_callback(study._storage, StaleTrialHandler(tracking))
     return study, tracking

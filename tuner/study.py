@@ -40,6 +40,7 @@ class RunOptions:
     report: bool = True
     budget: str = "default"  # a study script's named budget (e.g. small); StudySpec has only the default
     fixed: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig values replacing the space's entries
+    n_trials_in_all: bool = False  # n_trials is the study's trial count in all (resumes stop there), not this run's
     workers: int = 1  # worker processes on this machine, sharing the study and its trial budget
     gpus: tuple[int, ...] = ()  # CUDA device indices; worker i trains on gpus[i], one trial per GPU
     checkpoint_dir: str | None = None  # default: `checkpoints/` beside a local store, else ./mlruns/checkpoints
