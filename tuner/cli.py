@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("study", help="study name")
     add_storage_flags(best)
 
+    report = sub.add_parser("report", help="write the comparison report of studies (HTML page, PNGs, CSV, Markdown)")
+    report.add_argument("study", nargs="+", help="study names; a NAME that is no study stands for all studies NAME.<x>")
+    report.add_argument("--out", help="folder to write it to (default: reports/<first study name>)")
+    add_storage_flags(report)
+    report.add_argument("--no-png", dest="png", action="store_false", help="skip the PNG copies of the figures")
+
     ui = sub.add_parser("ui", help="start the MLflow UI on the local store and print the study's runs page")
     add_server_flags(ui, 5000)
     ui.add_argument(
@@ -214,6 +220,12 @@ def _run_command(args: argparse.Namespace) -> int:
         from tuner.results import print_best
 
         return print_best(args.study, args.storage)
+    if args.command == "report":
+        from tuner.report import write_report
+
+        out = args.out or os.path.join("reports", args.study[0])
+        print(f"report: {write_report(args.study, out, args.storage, args.tracking_uri, png=args.png)}")
+        return 0
     if args.command == "ui":
         from tuner.servers import run_ui
 

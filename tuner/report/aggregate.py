@@ -15,6 +15,7 @@ from trainables.config import OPTIMIZERS, SCHEDULES
 
 CANONICAL_ORDER = {"optimizer": list(OPTIMIZERS), "schedule": list(SCHEDULES)}
 SEED_KIND = "seeds"
+FAMILIES = {"optimizer": {"optimizer_tuning", SEED_KIND}, "schedule": {"lr_schedule"}}  # study kinds per comparison
 
 
 def tuning(trials: pd.DataFrame) -> pd.DataFrame:
@@ -27,12 +28,24 @@ def seed_runs(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def comparison_key(trials: pd.DataFrame) -> str | None:
-    """What the studies compare: optimizers when several were tuned, else schedules, else nothing."""
+    """What the studies compare: their kind says so, else whatever of optimizer and schedule varies."""
+    kinds = set(trials["kind"])
+    for key, family in FAMILIES.items():
+        if kinds & family - {SEED_KIND}:
+            return key
     search = tuning(trials)
     for key in ("optimizer", "schedule"):
         if key in search and search[key].dropna().nunique() > 1:
             return key
     return None
+
+
+def in_comparison(trials: pd.DataFrame, by: str | None) -> pd.DataFrame:
+    """The trials of the studies that make the comparison (say, not a batch-size study reported beside it)."""
+    family = FAMILIES.get(by or "", set())
+    if trials["kind"].isin(family - {SEED_KIND}).any():
+        return trials[trials["kind"].isin(family)]
+    return trials
 
 
 def group_order(values: pd.Series, by: str) -> list[str]:

@@ -221,6 +221,8 @@ def _importances(study: Any, trials: list[Any]) -> tuple[list[dict[str, Any]], s
             seen.setdefault(n, set()).add(repr(v))
     varied = {n for n, values in seen.items() if len(values) > 1}
     name = study.study_name
+    if study.user_attrs.get("kind") == "seeds":
+        return [], f"{name}: parameter importances skipped: its trials re-run chosen configs, nothing was searched"
     if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
         return (
             [],

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tuner.errors import UserError
 from tuner.report.extract import Tables, extract
 from tuner.report.load import load_studies
 from tuner.report.sections import Entry, build_entries
@@ -30,7 +31,7 @@ class Report:
     notes: list[str]
     answer: str
     logged_to: list[str] = field(default_factory=list)  # MLflow parent run ids
-    seconds: dict[str, float] = field(default_factory=dict)  # per step: extract, figures, png, html, mlflow
+    seconds: dict[str, float] = field(default_factory=dict)  # per step: extract, figures, tables, png, html, mlflow
 
 
 def write_report(
@@ -65,6 +66,9 @@ def build_report(
     from tuner.report.summary import headline, summary_table
 
     clock = Timer()
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a folder for the report")
     studies = load_studies(study_names, storage)  # raises UserError before anything is written
     tables = extract(studies, tracking_uri)
     clock.lap("extract")
@@ -74,7 +78,6 @@ def build_report(
     entries = build_entries(tables, by)
     clock.lap("figures")
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     notes = list(tables.notes)
     shown = display_summary(summary, by, tables.metric)
@@ -82,6 +85,7 @@ def build_report(
     (out / "summary.md").write_text(f"{answer}\n\n{markdown_table(shown)}")
     tables.trials.to_csv(out / "trials.csv", index=False)
     tables.epochs.to_csv(out / "epochs.csv", index=False)
+    clock.lap("tables")
     pngs: list[Path] = []
     if png:
         pngs, note = write_pngs(entries, out / "png")

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
 from tuner.report import aggregate as agg
 from tuner.report import figures, study_figures
 from tuner.report.extract import Tables
@@ -25,7 +27,7 @@ class Entry:
 
 
 def build_entries(tables: Tables, by: str | None) -> list[Entry]:
-    trials, epochs, direction = tables.trials, tables.epochs, tables.direction
+    trials, epochs, direction = agg.in_comparison(tables.trials, by), tables.epochs, tables.direction
     metric = metric_label(tables.metric)
     search = agg.tuning(trials)
     groups = agg.group_order(search[by], by) if by else ["all trials"]
@@ -41,20 +43,20 @@ def build_entries(tables: Tables, by: str | None) -> list[Entry]:
     if len(search):
         best = agg.best_so_far(trials, by, direction)
         entries.append(Entry("tuning-budget", what, figures.budget_curves(best, groups, by, metric)))
-    entries += _seed_entries(tables, by or "optimizer")
+    entries += _seed_entries(trials, tables.metric, by or "optimizer")
     entries += _kind_entries(tables, by)
     for study in tables.studies["study"]:
         entries += _study_entries(tables, str(study))
     return entries
 
 
-def _seed_entries(tables: Tables, by: str) -> list[Entry]:
-    runs = agg.seed_runs(tables.trials)
+def _seed_entries(trials: pd.DataFrame, objective: str, by: str) -> list[Entry]:
+    runs = agg.seed_runs(trials)
     if runs.empty:
         return []
-    metric = agg.seed_metric(tables.trials, test_metric_for(tables.metric))
-    label = seed_metric_label(tables.metric, metric)
-    stats = agg.seed_summary(tables.trials, by, metric)
+    metric = agg.seed_metric(trials, test_metric_for(objective))
+    label = seed_metric_label(objective, metric)
+    stats = agg.seed_summary(trials, by, metric)
     table = runs.dropna(subset=[by, "group"]).rename(columns={"group": "seed_group"})
     table = table.assign(group=table[by], value=table[metric])[["group", "seed_group", "seed", "value"]]
     groups = agg.group_order(table["group"], by)
@@ -64,11 +66,18 @@ def _seed_entries(tables: Tables, by: str) -> list[Entry]:
 def _kind_entries(tables: Tables, by: str | None) -> list[Entry]:
     entries: list[Entry] = []
     trials, metric = tables.trials, metric_label(tables.metric)
-    if by == "schedule":
-        curves = agg.lr_curves_of_best(tables.epochs, trials, by, tables.direction)
+    schedules = trials[trials["kind"] == "lr_schedule"]
+    if schedules["schedule"].nunique() > 1 or by == "schedule":
+        section = "Learning-rate schedules"
+        groups = agg.group_order(schedules["schedule"], "schedule")
+        if by != "schedule":  # the comparison above is of something else: the schedules get their own curves
+            bands = agg.curve_bands(tables.epochs, schedules, "schedule")
+            no_seeds = agg.seed_curves(tables.epochs, schedules.iloc[0:0], "schedule")
+            curves_fig = figures.learning_curves(bands, no_seeds, groups, "schedule", metric)
+            entries.append(Entry("schedule-learning-curves", section, curves_fig))
+        curves = agg.lr_curves_of_best(tables.epochs, schedules, "schedule", tables.direction)
         if len(curves):
-            groups = agg.group_order(curves["group"], by)
-            entries.append(Entry("schedule-lr", "Learning-rate schedules", figures.lr_of_best(curves, groups, by)))
+            entries.append(Entry("schedule-lr", section, figures.lr_of_best(curves, groups, "schedule")))
     for study, kind in zip(tables.studies["study"], tables.studies["kind"], strict=True):
         own = trials[trials["study"] == study]
         if kind == "batch_size":

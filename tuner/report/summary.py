@@ -20,7 +20,7 @@ def summary_table(tables: Tables, by: str | None) -> pd.DataFrame:
 
     Without a comparison (`by` None) one row describes all trials. Rows are ordered best first.
     """
-    trials, direction = tables.trials, tables.direction
+    trials, direction = agg.in_comparison(tables.trials, by), tables.direction
     key = by or "_all"
     search = agg.tuning(trials).assign(_all="all trials")
     best = agg.best_trials(search, key, direction).set_index(key)
@@ -81,7 +81,7 @@ def headline(tables: Tables, summary: pd.DataFrame, by: str | None) -> str:
     trials = tables.trials
     if trials.empty or summary.empty or summary["best_value"].isna().all():
         return "No trial has completed yet, so there is no result to compare."
-    if by is None:
+    if by is None or len(summary) == 1:
         kinds = set(tables.studies["kind"])
         if "batch_size" in kinds:
             return _batch_size_sentence(tables)
@@ -99,7 +99,7 @@ def _comparison_sentence(tables: Tables, summary: pd.DataFrame, by: str) -> str:
     what = param_label(by)
     if len(seeded) >= 2:
         win, runner = seeded.iloc[0], seeded.iloc[1]
-        runs = agg.seed_runs(tables.trials)
+        runs = agg.seed_runs(agg.in_comparison(tables.trials, by))
         runs = runs[runs["group"] == "tuned"]
         diff, low, high = agg.welch_difference(
             runs[runs[by] == win["group"]][seed_metric], runs[runs[by] == runner["group"]][seed_metric]
@@ -152,7 +152,7 @@ def _best_trial_sentence(tables: Tables, row: pd.Series) -> str:
 
 
 def _batch_size_sentence(tables: Tables) -> str:
-    best = agg.batch_size_best(tables.trials, tables.direction)
+    best = agg.batch_size_best(tables.trials[tables.trials["kind"] == "batch_size"], tables.direction)
     ranked = best.sort_values("best_value", ascending=not agg.better(tables.direction))
     win = ranked.iloc[0]
     rest = "; ".join(
@@ -168,9 +168,10 @@ def _batch_size_sentence(tables: Tables) -> str:
 
 
 def _regularization_sentence(tables: Tables) -> str:
-    points = agg.regularization_points(tables.trials)
+    own = tables.trials[tables.trials["kind"] == "regularization"]
+    points = agg.regularization_points(own)
     use = "test_acc" if points["test_acc"].notna().any() else None
-    row = tables.trials.loc[agg.best_trials(tables.trials.assign(_all=1), "_all", tables.direction).index[0]]
+    row = own.loc[agg.best_trials(own.assign(_all=1), "_all", tables.direction).index[0]]
     strengths = ", ".join(
         f"{param_label(k)} {row[k]:.2g}" for k in ("weight_decay", "l1", "dropout") if not math.isnan(row[k])
     )

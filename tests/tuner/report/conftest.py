@@ -110,7 +110,7 @@ def new_study(storage: str, tracking_uri: str, name: str, **attrs: str) -> tuple
 def comparison(store_dir: Path) -> Store:
     """`cmp.<optimizer>` tuning studies (lr sampled, low ones pruned) and `cmp.seeds` re-runs."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    store = Store(str(store_dir / "cmp.journal"), f"sqlite:///{store_dir / 'mlflow.db'}")
+    store = Store(str(store_dir / "studies.journal"), f"sqlite:///{store_dir / 'mlflow.db'}")
     best_lr = {}
     for optimizer in BASE_ACC:
         study, tracking = new_study(
@@ -145,7 +145,7 @@ def comparison(store_dir: Path) -> Store:
 def kinds(store_dir: Path) -> Store:
     """`sched.<schedule>` (lr tuned per schedule), `bs` (batch size x lr) and `reg` (regularization) studies."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    store = Store(str(store_dir / "kinds.journal"), f"sqlite:///{store_dir / 'mlflow.db'}")
+    store = Store(str(store_dir / "studies.journal"), f"sqlite:///{store_dir / 'mlflow.db'}")
     for schedule, decay in (("constant", 1.0), ("cosine", 0.5)):
         study, tracking = new_study(
             store.storage, store.tracking_uri, f"sched.{schedule}", kind="lr_schedule", schedule=schedule
