@@ -2,8 +2,9 @@
 
 Speed choices, in one place: the whole dataset lives on the device as tensors and
 batches are index slices of a seeded per-epoch permutation (no DataLoader); bf16
-autocast and channels_last on CUDA; losses and accuracies are accumulated on the device
-and read once per epoch, so the step loop never waits for the host.
+autocast and channels_last on CUDA; fused optimizer kernels where PyTorch has them; losses
+and accuracies are accumulated on the device and read once per epoch, so the step loop
+never waits for the host.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,15 +68,25 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def fit(config: TrainConfig, checkpoint: str | Path | None = None) -> Iterator[EpochResult]:
+def fit(config: TrainConfig, checkpoint: str | Path | None = None) -> Generator[EpochResult, None, None]:
     """Train `config`, yielding after every epoch; the caller may stop at any epoch.
 
     With `checkpoint`, model, optimizer, scheduler and RNG state are saved there after every
     epoch, and a run that finds the file already there resumes after its last epoch.
     """
+    splits = load_splits(config.dataset, config.data_dir, config.download, config.val_fraction)
+    yield from fit_splits(config, splits, checkpoint)
+
+
+def fit_splits(
+    config: TrainConfig, splits: Splits, checkpoint: str | Path | None = None
+) -> Generator[EpochResult, None, None]:
+    """`fit` on given splits instead of the dataset that `config` names (benchmarks, custom data).
+
+    The config's dataset fields (`dataset`, `data_dir`, `download`, `val_fraction`) are not read.
+    """
     device = resolve_device(config.device)
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
-    splits = load_splits(config.dataset, config.data_dir, config.download, config.val_fraction)
     data = _to_device(splits, config.train_samples, device)
     channels_last = device.type == "cuda" and data["x_train"].ndim == 4
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -85,7 +96,7 @@ def fit(config: TrainConfig, checkpoint: str | Path | None = None) -> Iterator[E
     torch.manual_seed(config.seed)  # model init and dropout masks
     model = build_model(config.model, splits.input_shape, splits.num_classes, config.dropout)
     model = model.to(device).to(memory_format=memory_format)
-    optimizer = build_optimizer(config, model.parameters())
+    optimizer = build_optimizer(config, model.parameters(), fused=True)
     n_train = len(data["y_train"])
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     schedule = Schedule(config, optimizer, steps_per_epoch)

@@ -11,24 +11,30 @@ from torch import nn
 from trainables.config import TrainConfig
 
 
-def build_optimizer(config: TrainConfig, params: Any) -> torch.optim.Optimizer:
-    """The optimizer named by the config; `weight_decay` is L2 except for adamw (decoupled)."""
+def build_optimizer(config: TrainConfig, params: Any, fused: bool = False) -> torch.optim.Optimizer:
+    """The optimizer named by the config; `weight_decay` is L2 except for adamw (decoupled).
+
+    `fused=True` picks PyTorch's fused implementation (one kernel for all parameters, on CPU
+    and CUDA) for sgd, momentum, nesterov, adam and adamw: the same update, computed faster.
+    The other optimizers ignore it.
+    """
     lr, wd = config.lr, config.weight_decay
     name = config.optimizer
+    fast: dict[str, Any] = {"fused": True} if fused else {}
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, **fast)
     if name == "momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd, **fast)
     if name == "nesterov":
-        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, nesterov=True, weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, nesterov=True, weight_decay=wd, **fast)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
     if name == "adagrad":
         return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=config.betas, weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr, betas=config.betas, weight_decay=wd, **fast)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=config.betas, weight_decay=wd)
+        return torch.optim.AdamW(params, lr=lr, betas=config.betas, weight_decay=wd, **fast)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
