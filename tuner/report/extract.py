@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from tuner.report.mlflow_read import RunRecords, read_runs
+from tuner.report.mlflow_read import FINAL_KEYS, RunRecords, read_runs
 from tuner.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR
 
 # Trial user attributes written by tuner.adapter (not imported from there: it imports torch).
@@ -166,12 +166,17 @@ def _number(value: Any) -> float:
         return math.nan
 
 
+TRIAL_COLUMNS = (
+    "study", "kind", "number", "state", "value", "last_value", "last_epoch", "epochs_run", "datetime_start",
+    "datetime_complete", "duration_seconds", "reason", "pruned_at_epoch", "group", "mlflow_run_id", "optimizer",
+    "schedule", "params_json", *NUMERIC_FIELDS, *FINAL_KEYS,
+)  # fmt: skip
+
+
 def _typed(trials: pd.DataFrame) -> pd.DataFrame:
-    """Columns every consumer may read, present even when no trial has them."""
-    for name in ("train_acc", "train_loss", "val_acc", "val_loss", "test_acc", "test_loss"):
-        if name not in trials:
-            trials[name] = math.nan
-    return trials
+    """Columns every consumer may read, present even when no trial (or no run) has them."""
+    missing = {name: math.nan for name in TRIAL_COLUMNS if name not in trials}
+    return trials.assign(**missing) if missing else trials
 
 
 def _with_histories(epochs: pd.DataFrame, trial_rows: list[dict[str, Any]], runs: RunRecords) -> pd.DataFrame:

@@ -130,6 +130,7 @@ def learning_curves(bands: pd.DataFrame, seeds: pd.DataFrame, groups: list[str],
     fig.update_xaxes(title_text="epoch")
     integer_ticks(fig, bands["epoch"].max() if len(bands) else math.nan)
     fig.update_yaxes(title_text=metric, col=1)
+    fig.update_yaxes(matches="y")  # one scale for every panel, so that panels compare at a glance
     return style(
         fig, f"Learning curves: {metric} per epoch by {param_label(by)}", height=120 + SUBPLOT_HEIGHT_PX * n_rows
     )
@@ -241,6 +242,11 @@ def seed_distribution(runs: pd.DataFrame, stats: pd.DataFrame, groups: list[str]
     )
     fig.update_xaxes(title_text="optimizer and config (tuned: its best config; default: its default config)")
     fig.update_yaxes(title_text=metric)
+    if "accuracy" in metric and len(runs):
+        # with few seeds a t-interval can reach past 0 or 1; keep the axis on possible accuracies
+        low = min(runs["value"].min(), ci["ci_low"].min(skipna=True) if ci["ci_low"].notna().any() else 1.0)
+        high = max(runs["value"].max(), ci["ci_high"].max(skipna=True) if ci["ci_high"].notna().any() else 0.0)
+        fig.update_yaxes(range=[max(0.0, low) - 0.02, min(1.0, high) + 0.02])
     return style(fig, f"Seed re-runs: {metric} per optimizer, tuned next to default, mean with 95% CI", height=520)
 
 
@@ -297,7 +303,7 @@ REG_FIELDS = (("weight_decay", True), ("l1", True), ("dropout", False))  # field
 
 def regularization_figure(points: pd.DataFrame) -> go.Figure:
     """Accuracy (train, validation, test) and the train-test gap against each regularization strength."""
-    fields = [(f, log) for f, log in REG_FIELDS if points[f].notna().any()]
+    fields = [(f, log) for f, log in REG_FIELDS if points[f].nunique() > 1]  # the strengths that were varied
     fig = make_subplots(
         rows=2,
         cols=len(fields),

@@ -47,7 +47,22 @@ def build_entries(tables: Tables, by: str | None) -> list[Entry]:
     entries += _kind_entries(tables, by)
     for study in tables.studies["study"]:
         entries += _study_entries(tables, str(study))
-    return entries
+    return [_or_note(e) for e in entries]
+
+
+def _or_note(entry: Entry) -> Entry:
+    """A figure with nothing to draw (say, no trial complete yet) becomes a note."""
+    if entry.figure is None or any(_has_points(t) for t in entry.figure.data):
+        return entry
+    return Entry(entry.slug, entry.section, None, f"{entry.figure.layout.title.text}: nothing to draw yet")
+
+
+def _has_points(trace: Any) -> bool:
+    for name in ("x", "y", "dimensions"):
+        values = getattr(trace, name, None)
+        if values is not None and any(v is not None for v in values):
+            return True
+    return False
 
 
 def _seed_entries(trials: pd.DataFrame, objective: str, by: str) -> list[Entry]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -13,6 +14,7 @@ from tests.tuner.report.conftest import Store
 from tuner.errors import UserError
 from tuner.report import build_report, write_report
 from tuner.report.page import markdown_table
+from tuner.storage import open_storage
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -102,3 +104,21 @@ def test_every_figure_becomes_a_png(comparison: Store, tmp_path: Path, monkeypat
 def test_markdown_table_escapes_pipes() -> None:
     table = pd.DataFrame({"a": ["x|y"], "b": [1]})
     assert markdown_table(table) == "| a | b |\n|---|---|\n| x\\|y | 1 |\n"
+
+
+def test_studies_without_a_complete_trial_get_notes_not_empty_figures(tmp_path: Path) -> None:
+    storage = str(tmp_path / "j.journal")
+    optuna.create_study(study_name="empty", storage=open_storage(storage, heartbeat=False))
+    failed = optuna.create_study(study_name="failed", storage=open_storage(storage, heartbeat=False))
+    for epochs in (0, 1):
+        trial = failed.ask()
+        trial.suggest_float("lr", 1e-3, 1.0, log=True)
+        for epoch in range(1, epochs + 1):
+            trial.report(0.5, epoch)
+        failed.tell(trial, state=optuna.trial.TrialState.FAIL)
+    failed.ask()  # still running
+    report = build_report(["empty", "failed"], tmp_path / "out", storage, f"sqlite:///{tmp_path / 'm.db'}", png=False)
+    assert report.answer == "No trial has completed yet, so there is no result to compare."
+    page = report.html.read_text()
+    assert "Tuning budget: best validation accuracy so far against trials run: nothing to draw yet" in page
+    assert 'id="failed-timeline"' in page and 'id="failed-intermediate"' in page
