@@ -80,19 +80,21 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def page_title(study_names: list[str]) -> str:
+    """`Report: BASE (a, b, c)` for studies named BASE.<x>, else the names."""
+    bases = {n.split(".", 1)[0] for n in study_names}
+    if len(bases) == 1 and all("." in n for n in study_names):
+        return f"Report: {bases.pop()} ({', '.join(n.split('.', 1)[1] for n in study_names)})"
+    return f"Report: {', '.join(study_names)}"
+
+
 def html_page(
     title: str, answer: str, summary: pd.DataFrame, entries: list[Entry], notes: list[str], files: list[str]
 ) -> str:
     import plotly.io as pio
     from plotly.offline import get_plotlyjs
 
-    parts = [
-        f"<h1>{html.escape(title)}</h1>",
-        f'<p class="answer">{html.escape(answer)}</p>',
-        f'<p class="note">Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Files beside this page: '
-        + ", ".join(f'<a href="{html.escape(f)}">{html.escape(f)}</a>' for f in files)
-        + ".</p>",
-    ]
+    parts = [f"<h1>{html.escape(title)}</h1>", f'<p class="answer">{html.escape(answer)}</p>']
     if notes:
         parts.append("<ul>" + "".join(f'<li class="note">{html.escape(n)}</li>' for n in notes) + "</ul>")
     parts += ["<h2>Summary</h2>", summary.to_html(index=False, classes="summary", border=0, escape=True)]
@@ -108,6 +110,13 @@ def html_page(
             entry.figure, full_html=False, include_plotlyjs=False, div_id=entry.slug, config=PLOT_CONFIG, validate=False
         )
         parts.append(f'<section class="figure">{div}</section>')
+    links = ", ".join(f'<a href="{html.escape(f)}">{html.escape(f)}</a>' for f in files if not f.startswith("png/"))
+    pngs = sum(f.startswith("png/") for f in files)
+    parts.append(
+        f'<p class="note">Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Beside this page: {links}'
+        + (f'; a PNG of every figure in <a href="png/">png/</a> ({pngs} files)' if pngs else "")
+        + ".</p>"
+    )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{CSS}</style>"

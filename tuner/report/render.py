@@ -62,7 +62,7 @@ def build_report(
     png: bool = True,
 ) -> Report:
     from tuner.report import aggregate as agg
-    from tuner.report.page import display_summary, html_page, markdown_table
+    from tuner.report.page import display_summary, html_page, markdown_table, page_title
     from tuner.report.summary import headline, summary_table
 
     clock = Timer()
@@ -96,7 +96,7 @@ def build_report(
     files = ["summary.csv", "summary.md", "trials.csv", "epochs.csv"] + [f"png/{p.name}" for p in pngs]
     entry_notes = {e.note for e in entries if e.note}
     page_notes = [n for n in notes if n not in entry_notes]
-    title = f"Report: {', '.join(tables.studies['study'])}"
+    title = page_title([str(n) for n in tables.studies["study"]])
     html_path.write_text(html_page(title, answer, shown, entries, page_notes, files), encoding="utf-8")
     clock.lap("html")
     written = [html_path, *(out / f for f in files)]

@@ -32,6 +32,7 @@ def test_the_page_is_self_contained_with_every_figure(written: Path) -> None:
     assert "<script src=" not in page
     for slug in ("learning-curves", "lr-sensitivity", "tuning-budget", "seed-reruns", "cmp-sgd-parallel"):
         assert f'id="{slug}"' in page
+    assert "<h1>Report: cmp (adam, momentum, sgd, seeds)</h1>" in page
     answer = page.split('<p class="answer">')[1].split("</p>")[0]
     assert answer.startswith("The optimizer adam won: mean test accuracy")
     assert "parameter importances skipped" in page
@@ -96,7 +97,7 @@ def test_every_figure_becomes_a_png(comparison: Store, tmp_path: Path, monkeypat
     for path in report.pngs:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
     page = report.html.read_text()
-    assert 'href="png/cmp-adam-timeline.png"' in page
+    assert f'a PNG of every figure in <a href="png/">png/</a> ({len(report.pngs)} files)' in page
     assert "Best trial: validation accuracy" in page  # one optimizer: nothing to compare
     print(f"PNG export of {len(report.pngs)} figures: {report.seconds['png']:.1f} s")
 
