@@ -122,8 +122,18 @@ def executable(name: str) -> str:
     return found
 
 
-def sqlite_path(uri: str) -> Path | None:
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+def local_store(tracking_uri: str) -> Path:
+    """The SQLite file of a local MLflow store; UserError when it is no such URI or does not exist."""
+    if not tracking_uri.startswith("sqlite:///"):
+        raise UserError(
+            f"--tracking-uri {redact(tracking_uri)}: give the local sqlite:///PATH store, or an http(s) tracking server"
+        )
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    if not db.is_file():
+        raise UserError(
+            f"--tracking-uri {tracking_uri}: no MLflow store at {db}; run a study first (tuner run studies/quickstart.py)"
+        )
+    return db
 
 
 def mlflow_command(tracking_uri: str, port: int) -> list[str]:
@@ -140,9 +150,7 @@ def mlflow_command(tracking_uri: str, port: int) -> list[str]:
 
 
 def start_mlflow(tracking_uri: str, port: int, timeout: float = START_SECONDS) -> Server:
-    db = sqlite_path(tracking_uri)
-    if db is None or not db.is_file():
-        raise UserError(f"--tracking-uri {redact(tracking_uri)}: no local SQLite MLflow store there")
+    local_store(tracking_uri)
     return start("mlflow server", mlflow_command(tracking_uri, port), port, "/health", timeout)
 
 
@@ -213,15 +221,7 @@ def run_ui(port: int, tracking_uri: str, study: str | None = None) -> int:
         check_tracking_uri(tracking_uri)
         print(runs_page(tracking_uri, tracking_uri.rstrip("/"), study))
         return 0
-    db = sqlite_path(tracking_uri)
-    if db is None:
-        raise UserError(
-            f"--tracking-uri {redact(tracking_uri)}: give the local sqlite:///PATH store, or an http(s) tracking server"
-        )
-    if not db.is_file():
-        raise UserError(
-            f"--tracking-uri {tracking_uri}: no MLflow store at {db}; run a study first (tuner run studies/quickstart.py)"
-        )
+    local_store(tracking_uri)
     check_port(port)
     url = runs_page(tracking_uri, f"http://{HOST}:{port}", study)  # before starting: a wrong --study fails at once
     return serve(lambda: start_mlflow(tracking_uri, port), lambda server: url)
