@@ -26,7 +26,7 @@ from tuner.space import Space, suggest
 from tuner.storage import MAX_RETRY
 from tuner.tracking import RUN_ID_ATTR, StudyTracking
 
-FitFn = Callable[..., Generator[trainables.EpochResult, None, None]]
+FitFn = Callable[..., Generator["trainables.EpochResult", None, None]]  # a string: torch loads with the first trial
 REASON_ATTR = "reason"  # trial user attribute: why a trial was pruned or failed
 PRUNED_AT_ATTR = "pruned_at_epoch"
 # The first attempt's trial number. Optuna copies user attributes into the retry of a trial
@@ -40,8 +40,18 @@ class TrialFailed(Exception):
     """Raised to Optuna so that it records the trial as FAIL; the study goes on."""
 
 
+class TrialTakenOver(Exception):
+    """This worker's trial was failed as stale by another worker (its heartbeats stopped reaching the
+    storage for the grace period: a long pause, a network cut) and retried there; this attempt stops."""
+
+
 def classify(exc: BaseException, config: trainables.TrainConfig | None, epochs_done: int) -> tuple[str, str]:
     """(state, reason) for how a trial ended: the only mapping from outcomes to states."""
+    if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):  # before RuntimeError: it is one
+        return (
+            "FAIL",
+            f"heartbeat lost at epoch {epochs_done}: another worker failed this trial as stale and retried it",
+        )
     if isinstance(exc, optuna.TrialPruned):
         return "PRUNED", f"pruned at epoch {epochs_done}"
     if isinstance(exc, trainables.Diverged):
@@ -69,9 +79,10 @@ class TrialRunner:
     tracking: StudyTracking
     metric: str = "val_acc"
     overrides: Mapping[str, Any] = field(default_factory=dict)
-    fit: FitFn = trainables.fit
+    fit: FitFn = field(default_factory=lambda: trainables.fit)  # looked up late: it imports torch
     checkpoint_dir: Path | None = None
     keep_checkpoints: bool = False
+    taken_over: list[int] = field(default_factory=list)  # trials failed as stale under us: see `work`
 
     def __call__(self, trial: optuna.Trial) -> float:
         first_number = int(trial.user_attrs.get(ATTEMPT_OF_ATTR, trial.number))
@@ -109,13 +120,18 @@ class TrialRunner:
             return value
         except BaseException as exc:
             state, reason = classify(exc, config, epochs_done)
-            self._record(trial, state, reason, epochs_done)
+            taken_over = isinstance(exc, optuna.exceptions.UpdateFinishedTrialError)
+            if not taken_over:  # a taken-over trial is finished: Optuna refuses any write to it
+                self._record(trial, state, reason, epochs_done)
             if run is not None:
-                run.finish(state, reason, error=exc if state == "FAIL" else None)
+                run.finish(state, reason, error=exc if state == "FAIL" and not taken_over else None)
             if state == "KILLED":  # queued again; its retry resumes from the checkpoint kept here
                 requeue(trial)
-            else:
+            elif not taken_over:  # the retry of a taken-over trial resumes from its checkpoint too
                 self._remove_checkpoint(checkpoint)
+            if taken_over:
+                self.taken_over.append(trial.number)
+                raise TrialTakenOver(reason) from exc
             if state == "FAIL" and _is_cuda_oom(exc):
                 _release_cuda_memory(exc)
             if state == "PRUNED":

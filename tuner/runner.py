@@ -101,6 +101,8 @@ def prepare_study(spec: StudySpec, options: RunOptions) -> tuple[Any, StudyTrack
 
     Done once, by the process that launches a run, before any worker starts.
     """
+    from optuna.trial import TrialState
+
     from tuner.tracking import StudyTracking
 
     study = open_study(spec, options)
@@ -109,7 +111,9 @@ def prepare_study(spec: StudySpec, options: RunOptions) -> tuple[Any, StudyTrack
     set_user_attrs(study, {SPEC_ATTR: spec.to_record()})
     budget = spec.n_trials
     if budget is not None and not options.n_trials_in_all:
-        budget += counted_trials(study.get_trials(deepcopy=False))
+        # n_trials more, queued ones (interrupted trials to resume) among them: they run first
+        trials = study.get_trials(deepcopy=False)
+        budget += counted_trials(trials) - sum(t.state == TrialState.WAITING for t in trials)
     study.set_user_attr(BUDGET_ATTR, budget)
     set_stale_trial_callback(study._storage, StaleTrialHandler(tracking))
     return study, tracking
@@ -151,7 +155,16 @@ def work(
     while timeout is None or time.monotonic() - started < timeout:
         trials = study.get_trials(deepcopy=False)
         if budget_left(study, trials):
-            study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=list(callbacks))
+            try:
+                study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=list(callbacks))
+            except Exception:
+                if not objective.taken_over:
+                    raise
+                # Optuna refuses to close a trial that another worker failed as stale; its retry goes on
+                logging.getLogger(__name__).warning(
+                    "trial %d lost its heartbeat and was retried by another worker; going on",
+                    objective.taken_over.pop(),
+                )
             ran += 1
         elif any(t.state == TrialState.RUNNING for t in trials):
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial comes back as WAITING

@@ -5,6 +5,7 @@ PostgreSQL database per test, study scripts with a tiny real config, and polling
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -20,17 +21,44 @@ POSTGRES_ENV = "TUNER_TEST_POSTGRES_URL"  # set by .ci/with-postgres (so by .ci/
 REQUIRE_POSTGRES_ENV = "TUNER_REQUIRE_POSTGRES"  # set in CI: a missing server fails instead of skipping
 T = TypeVar("T")
 
-# A real trainable with a tiny budget: the MNIST-1D MLP on 200 samples, 3 epochs, one thread.
-TINY_SPACE = """{
+# A real trainable with a tiny budget: an MLP on a small MNIST written by `fake_mnist` (reading it
+# costs less than generating MNIST-1D, which every worker process would do), 3 epochs, CPU.
+TINY_SPACE = """{{
     "optimizer": Categorical(["adam", "sgd"]),
     "lr": Float(1e-3, 1e-1, log=True),
-    "dataset": "mnist1d", "model": "mlp", "epochs": 3, "train_samples": 200, "batch_size": 100, "device": "cpu",
-}"""
-# Slow enough to catch mid-trial (about 0.2 s an epoch on one loaded core): the 1D CNN, 10 epochs.
-SLOW_SPACE = """{
+    "dataset": "mnist", "data_dir": {data_dir!r}, "model": "mlp", "epochs": 3, "train_samples": 200,
+    "batch_size": 50, "device": "cpu",
+}}"""
+# Slow enough to catch mid-trial (0.2 to 0.5 s an epoch on one loaded core): the CNN, 6 epochs.
+SLOW_SPACE = """{{
     "lr": Float(3e-3, 3e-2, log=True),
-    "dataset": "mnist1d", "model": "cnn1d", "epochs": 10, "batch_size": 32, "device": "cpu",
-}"""
+    "dataset": "mnist", "data_dir": {data_dir!r}, "model": "cnn", "epochs": 6, "train_samples": 200,
+    "batch_size": 32, "device": "cpu",
+}}"""
+
+
+def write_fake_mnist(root: Path, n_train: int = 1000, n_test: int = 200) -> Path:
+    """MNIST's four idx files, with random images carrying a learnable band per label; returns `root`."""
+    import numpy as np
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        images = (rng.random((n, 28, 28)) * 60).astype(np.uint8)
+        for k in range(10):
+            images[labels == k, 2 * k : 2 * k + 3, :] = 255
+        header = struct.pack(">IIII", 0x803, n, 28, 28)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.tobytes())
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_mnist(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(write_fake_mnist(tmp_path_factory.mktemp("data")))
+
 
 SCRIPT = """
 from tuner import StudySpec, main_for_script
@@ -43,15 +71,17 @@ if __name__ == "__main__":
 """
 
 
-def write_script(path: Path, name: str = "scale", space: str = TINY_SPACE, spec_args: str = "n_trials=4") -> Path:
-    path.write_text(SCRIPT.format(name=name, space=space, spec_args=spec_args))
+def write_script(path: Path, data_dir: str, name: str, space: str = TINY_SPACE, spec_args: str = "n_trials=4") -> Path:
+    path.write_text(SCRIPT.format(name=name, space=space.format(data_dir=data_dir), spec_args=spec_args))
     return path
 
 
 def tuner_env(**extra: str) -> dict[str, str]:
     """The environment for a `tuner` subprocess: this checkout importable, short heartbeats, one thread."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
-    env.update({"TUNER_HEARTBEAT_SECONDS": "1", "TUNER_GRACE_SECONDS": "3"})
+    env = {k: v for k, v in os.environ.items() if k not in ("TUNER_STORAGE", "TUNER_TRACKING_URI")}
+    env.update({"PYTHONPATH": str(REPO), "COLUMNS": "200", "OMP_NUM_THREADS": "1"})
+    # beats every second; a grace long enough that a loaded machine does not starve a live trial into staleness
+    env.update({"TUNER_HEARTBEAT_SECONDS": "1", "TUNER_GRACE_SECONDS": "10"})
     env.update(extra)
     return env
 

@@ -8,6 +8,7 @@ test_workers.py does it with real processes).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -17,7 +18,7 @@ from optuna.trial import TrialState
 
 from tests.tuner.fakes import curve_fit
 from tests.tuner.procs import postgres_url, wait_for
-from trainables import TrainConfig
+from trainables import EpochResult, TrainConfig
 from tuner.adapter import ATTEMPT_OF_ATTR, TrialRunner
 from tuner.runner import counted_trials, make_runner, prepare_study, work
 from tuner.space import Float
@@ -96,3 +97,37 @@ def test_dead_workers_trial_is_detected_closed_retried_and_resumed(
     assert retry_run.data.tags["tuner.attempt_of_trial"] == "0"
     assert retry_run.info.status == "FINISHED"
     assert work(study, runner, timeout=None) == 0  # the budget (1 trial) is used: no further trial
+
+
+def test_a_live_trial_failed_as_stale_under_its_worker_stops_and_the_worker_goes_on(
+    tmp_path: Path, tracking_uri: str
+) -> None:
+    """A worker whose heartbeats did not reach the storage in time (a long pause) finds its trial
+    failed and retried by another: it stops that attempt, keeps its checkpoint and runs on."""
+    options = RunOptions(storage=str(tmp_path / "optuna.journal"), tracking_uri=tracking_uri, quiet=True)
+    spec = StudySpec(name="taken-over", space={"lr": Float(1e-3, 1e-1, log=True), "epochs": 4}, n_trials=2)
+    study, tracking = prepare_study(spec, options)
+    handler = study._storage.get_heartbeat_stale_trial_callback()
+
+    def paused_fit(config: TrainConfig, checkpoint: Path | None = None) -> Iterator[EpochResult]:
+        for result in curve_fit(config, checkpoint):
+            if checkpoint is not None:
+                checkpoint.parent.mkdir(parents=True, exist_ok=True)
+                checkpoint.write_text(str(result.epoch))
+            (running,) = study.get_trials(states=(TrialState.RUNNING,))
+            if running.number == 0 and result.epoch == 2:  # what another worker does when beats stop
+                study._storage.set_trial_state_values(running._trial_id, TrialState.FAIL)
+                handler(study, study._storage.get_trial(running._trial_id))
+            yield result
+
+    runner = make_runner(spec, options, tracking, fit=paused_fit)
+    assert work(study, runner, timeout=None) == 3  # trial 0, its retry, and trial 2
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert study.trials[1].system_attrs["failed_trial"] == 0 and study.trials[1].params == study.trials[0].params
+    client = MlflowClient(tracking_uri)
+    first = client.get_run(study.trials[0].user_attrs[RUN_ID_ATTR])
+    assert first.info.status == "FAILED" and first.data.tags["tuner.reason"].startswith("heartbeat lost at epoch 2")
+    retry = client.get_run(study.trials[1].user_attrs[RUN_ID_ATTR])
+    assert retry.data.tags["tuner.retry_of_run"] == first.info.run_id and retry.info.status == "FINISHED"
+    assert not list(tmp_path.rglob("trial-*.pt"))  # the retry's completion removed the shared checkpoint

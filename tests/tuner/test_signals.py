@@ -1,0 +1,95 @@
+"""SIGTERM and SIGINT, sent to a real `tuner run` process while a trial trains: the trial's
+run is closed as KILLED, the trial is re-queued with its params, the exit code is 143 / 130,
+and running the same command again resumes the trial from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import torch
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from tests.tuner.procs import SLOW_SPACE, fake_mnist, finish, start_tuner, wait_for, write_script
+from tuner.adapter import ATTEMPT_OF_ATTR, REASON_ATTR
+from tuner.scripts import load_study_script
+from tuner.storage import open_storage
+from tuner.study import RunOptions
+from tuner.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR
+
+__all__ = ["fake_mnist"]  # a fixture
+
+
+def load(tmp_path: Path, name: str) -> optuna.Study:
+    storage = open_storage(str(tmp_path / "mlruns" / "optuna.journal"), heartbeat=False)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def test_sigterm_closes_the_trial_requeues_it_and_the_next_run_resumes_it(tmp_path: Path, fake_mnist: str) -> None:
+    script = write_script(tmp_path / "study.py", fake_mnist, "term", SLOW_SPACE, "n_trials=2, pruner='none'")
+    log = tmp_path / "run.log"
+    proc = start_tuner(tmp_path, "run", str(script), "--quiet", "--no-report", log=log)
+    checkpoint = wait_for(
+        lambda: next((tmp_path / "mlruns" / "checkpoints").rglob("trial-0.pt"), None), "trial 0 to checkpoint"
+    )
+    proc.send_signal(signal.SIGTERM)
+    assert finish(proc) == 143, log.read_text()
+    assert "terminated; the study can be resumed" in log.read_text()
+    assert "Traceback" not in log.read_text()
+
+    study = load(tmp_path, "term")
+    killed, queued = study.trials
+    assert killed.state == TrialState.FAIL and killed.user_attrs[REASON_ATTR].startswith("interrupted at epoch")
+    assert queued.state == TrialState.WAITING and queued.params == killed.params
+    assert queued.user_attrs[ATTEMPT_OF_ATTR] == 0 and queued.user_attrs[RUN_ID_ATTR] == killed.user_attrs[RUN_ID_ATTR]
+    assert REASON_ATTR not in queued.user_attrs
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    killed_run = client.get_run(killed.user_attrs[RUN_ID_ATTR])
+    assert killed_run.info.status == "KILLED" and killed_run.data.tags["optuna.state"] == "KILLED"
+    assert client.get_run(study.user_attrs[PARENT_RUN_ATTR]).info.status == "KILLED"
+    assert checkpoint.exists()  # kept for the retry
+    resumed_after = torch.load(checkpoint, weights_only=False)["epoch"]
+
+    store = tmp_path / "mlruns"  # run again (in this process), with a budget of one trial
+    options = RunOptions(
+        n_trials=1, storage=str(store / "optuna.journal"), tracking_uri=f"sqlite:///{store / 'mlflow.db'}"
+    )
+    load_study_script(str(script)).run(replace(options, quiet=True, report=False))
+    study = load(tmp_path, "term")
+    assert len(study.trials) == 2  # the re-queued trial was the one trial of this run
+    retry = study.trials[1]
+    assert retry.state == TrialState.COMPLETE
+    assert sorted(retry.intermediate_values) == list(range(resumed_after + 1, 7))  # resumed from its checkpoint
+    retry_run = client.get_run(retry.user_attrs[RUN_ID_ATTR])
+    assert retry_run.data.tags["tuner.retry_of_run"] == killed_run.info.run_id
+    assert retry_run.data.tags["tuner.resumed_from_epoch"] == str(resumed_after)
+    assert client.get_run(killed_run.info.run_id).info.status == "KILLED"  # the first attempt's record is kept
+    assert not checkpoint.exists()
+    assert client.get_run(study.user_attrs[PARENT_RUN_ATTR]).info.status == "FINISHED"
+
+
+def test_sigint_to_the_launcher_stops_every_worker_cleanly(tmp_path: Path, fake_mnist: str) -> None:
+    script = write_script(tmp_path / "study.py", fake_mnist, "int", SLOW_SPACE, "n_trials=6, pruner='none'")
+    log = tmp_path / "run.log"
+    proc = start_tuner(tmp_path, "run", str(script), "--workers", "2", "--quiet", "--no-report", log=log)
+    wait_for(lambda: next((tmp_path / "mlruns" / "checkpoints").rglob("trial-*.pt"), None), "a trial to checkpoint")
+    proc.send_signal(signal.SIGINT)  # as Ctrl-C would; the launcher passes it on to its workers
+    assert finish(proc) == 130, log.read_text()
+    assert "interrupted; the study can be resumed" in log.read_text()
+
+    study = load(tmp_path, "int")
+    states = [t.state for t in study.trials]
+    assert TrialState.RUNNING not in states  # every worker closed its trial before exiting
+    interrupted = [t for t in study.trials if t.user_attrs.get(REASON_ATTR, "").startswith("interrupted")]
+    assert interrupted
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    for trial in interrupted:
+        assert trial.state == TrialState.FAIL
+        assert client.get_run(trial.user_attrs[RUN_ID_ATTR]).info.status == "KILLED"
+        queued = [t for t in study.trials if t.system_attrs.get("failed_trial") == trial.number]
+        assert [t.state for t in queued] == [TrialState.WAITING]
+    assert client.get_run(study.user_attrs[PARENT_RUN_ATTR]).info.status == "KILLED"
