@@ -6,18 +6,22 @@ its standard default are trained again with several seeds, so that differences c
 from seed noise.
 
 1. Tuning: one study per optimizer, `optimizer-comparison.<optimizer>`, all with the same TPE
-   seed, trial count, epochs and median pruner, over lr (1e-4..1, log), lr_schedule (constant,
-   cosine, onecycle), weight_decay (1e-6..1e-1, log) and, for momentum and nesterov, momentum
-   (0.5..0.99). Tuning trials train with seed 0.
-2. Re-runs, in study `optimizer-comparison.seeds`, never pruned: each optimizer's best tuned
-   config (`group` tuned) and its standard default (`group` default: PyTorch's defaults, with
-   lr 0.01 for plain SGD, 0.9 momentum for momentum and Nesterov, constant lr) trained with
-   seeds 1..K, none of them the tuning seed.
+   seed (so every optimizer starts from the same random candidates), trial count, epochs and
+   median pruner, over lr (1e-4..1, log), lr_schedule (constant, cosine, onecycle),
+   weight_decay (1e-6..1e-1, log) and, for momentum and nesterov, momentum (0.5..0.99).
+   Tuning trials train with seed 0; the pruner stops the ones that fall behind.
+2. Re-runs, in study `optimizer-comparison.seeds`, never pruned and as long as the tuning
+   trials: each optimizer's best tuned config (`group` tuned) and its standard default
+   (`group` default: PyTorch's defaults — lr 0.01 for rmsprop and adagrad, 1e-3 for adam and
+   adamw with adamw's weight decay 0.01 — and lr 0.01 for sgd, momentum and nesterov, with
+   momentum 0.9; constant lr) trained with seeds 1..K, none of them the tuning seed.
 
-Budget split (per optimizer: tuning trials; then 2 x K re-runs, all trials of the same length):
+Budget split, the same for every optimizer (tuning trials, then 2 x K re-runs):
 
-    --budget small:    4 tuning trials,  6 epochs, K=2:  28 tuning + 28 re-runs  (about 1 min on 2 CPU cores)
-    --budget default: 16 tuning trials, 15 epochs, K=5: 112 tuning + 70 re-runs  (about 6 min on 2 CPU cores)
+    --budget small:    4 trials,  5 epochs, K=2:  28 tuning + 28 re-runs, HTML report only
+                       (80 s on 2 busy CPU cores, 36 s of CPU)
+    --budget default: 16 trials, 15 epochs, K=5: 112 tuning + 70 re-runs, report with PNGs
+                       (4.5 min on 2 busy CPU cores, 3 min of CPU)
 
 Running it again resumes: tuning studies run only their missing trials, planned re-runs are
 not enqueued twice. `--n-trials` sets the tuning trials per optimizer; `--study-name` the base.
