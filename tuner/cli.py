@@ -155,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def main_for_script(study: Any, argv: list[str] | None = None) -> None:
     """`python studies/X.py [flags]`: the same flags as `tuner run`."""
-    parser = _Parser(prog=os.path.basename(sys.argv[0]), description=getattr(study, "__doc__", None))
+    description = getattr(sys.modules.get("__main__"), "__doc__", None)  # the script's own docstring
+    parser = _Parser(
+        prog=os.path.basename(sys.argv[0]),
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_run_flags(parser)
     add_worker_flags(parser)
     add_budget_flag(parser)
