@@ -25,6 +25,7 @@ from tests.tuner.procs import (
     finish,
     postgres_url,
     start_tuner,
+    tuner,
     tuner_env,
     wait_for,
     write_script,
@@ -180,3 +181,22 @@ def test_chaos_a_worker_killed_mid_trial_is_retried_and_resumes_from_its_checkpo
     assert client.get_run(study.user_attrs[PARENT_RUN_ATTR]).info.status == "FINISHED"
     assert not list((tmp_path / "ckpt").rglob("*.pt"))
     assert os.path.exists(tmp_path / "worker2.log")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpus_give_each_worker_its_own_gpu(tmp_path: Path, fake_mnist: str) -> None:
+    gpus = list(range(min(2, torch.cuda.device_count())))
+    space = SLOW_SPACE.replace('"device": "cpu"', '"device": "auto"')
+    script = write_script(tmp_path / "study.py", fake_mnist, "gpus", space, "n_trials=4, pruner='none'")
+    flags = ("--gpus", ",".join(map(str, gpus)), "--quiet", "--no-report")  # one worker per GPU
+    done = tuner(tmp_path, "run", str(script), *flags)
+    assert done.returncode == 0, done.stderr
+    study = load(str(tmp_path / "mlruns" / "optuna.journal"), "gpus")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    runs = child_runs(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "gpus")
+    devices: dict[str, set[str]] = {}
+    for run in runs:
+        devices.setdefault(run.data.tags["tuner.worker"], set()).add(run.data.params["device"])
+    assert all(len(ds) == 1 for ds in devices.values())  # each worker stays on its GPU...
+    used = [d for ds in devices.values() for d in ds]
+    assert len(used) == len(set(used)) and set(used) <= {f"cuda:{g}" for g in gpus}  # ...a GPU of its own
