@@ -2,7 +2,7 @@
 
 One study, `regularization`: weight decay (L2, 1e-6..1e-1, log), L1 (1e-7..1e-3, log) and
 dropout (0..0.6) sampled by quasi-random (Sobol) points, which cover the ranges evenly for
-plots of accuracy against each strength. Adam at lr 3e-3 on 1,000 training samples, so
+plots of accuracy against each strength. Adam at lr 1e-2 on 1,000 training samples, so
 that the model overfits and regularization has something to do. No pruning: every trial
 reaches its last epoch, where the test accuracy is measured; the report plots validation
 and test accuracy and the train-test gap against each strength.
@@ -26,7 +26,7 @@ def regularization_study(base: str, budget: Budget) -> list[StudySpec]:
         "batch_size": 100,
         "epochs": budget.epochs,
         "optimizer": "adam",
-        "lr": 3e-3,
+        "lr": 1e-2,
         "weight_decay": Float(1e-6, 1e-1, log=True),
         "l1": Float(1e-7, 1e-3, log=True),
         "dropout": Float(0.0, 0.6),
