@@ -19,7 +19,7 @@ import traceback as traceback_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuner.storage import default_artifact_root, redact
+from tuner.storage import default_artifact_root, redact, use_wal
 
 if TYPE_CHECKING:
     import optuna
@@ -47,6 +47,8 @@ class StudyTracking:
 
         quiet_mlflow()
         self.tracking_uri = tracking_uri
+        if tracking_uri.startswith("sqlite:///"):
+            use_wal(tracking_uri)
         self.client: MlflowClient = MlflowClient(tracking_uri)
         self.experiment_id = self._experiment(study.study_name)
         self.parent_run_id = self._parent_run(study, settings, space)
@@ -98,7 +100,7 @@ class StudyTracking:
         tagged with the run id of the attempt it replaces (`tuner.retry_of_run`) and the first
         attempt's trial number (`tuner.attempt_of_trial`).
         """
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         tags = {
             "mlflow.parentRunId": self.parent_run_id,
@@ -112,14 +114,11 @@ class StudyTracking:
             tags["tuner.attempt_of_trial"] = str(attempt_of_trial)
         if worker is not None:
             tags["tuner.worker"] = worker
+        tags["optuna.state"] = "RUNNING"
         run = self.client.create_run(self.experiment_id, run_name=f"trial {trial_number}", tags=tags)
         logged = {**config.active(), **params}
-        self.client.log_batch(
-            run.info.run_id,
-            params=[Param(k, redact(str(v))) for k, v in sorted(logged.items())],
-            tags=[RunTag("optuna.state", "RUNNING")],
-        )
-        return TrialRun(self.client, run.info.run_id, config)
+        param_list = [Param(k, redact(str(v))) for k, v in sorted(logged.items())]
+        return TrialRun(self.client, run.info.run_id, config, run.info.artifact_uri, param_list)
 
     def record_best(self, study: optuna.Study) -> None:
         """Put the best value and params on the parent run when the best trial changed."""
@@ -168,12 +167,23 @@ class StudyTracking:
 
 
 class TrialRun:
-    """The child run of one trial: buffered per-epoch metrics, final state, artifacts."""
+    """The child run of one trial: buffered per-epoch metrics, final state, artifacts.
 
-    def __init__(self, client: MlflowClient, run_id: str, config: TrainConfig) -> None:
+    Each MLflow call costs a few ms of SQLAlchemy work on SQLite (an HTTP request on a server)
+    whatever it carries, so a trial makes as few as it can (bench/platform_overhead.py): the
+    run's tags go with its creation; the params wait for the first batch of metrics (at most
+    FLUSH_SECONDS after the first epoch, or when the trial ends); the final metrics and state
+    tags share one batch; artifacts go straight to the run's artifact location.
+    """
+
+    def __init__(
+        self, client: MlflowClient, run_id: str, config: TrainConfig, artifact_uri: str, params: list[Any]
+    ) -> None:
         self.client, self.run_id, self.config = client, run_id, config
+        self.artifact_uri = artifact_uri  # known from the run's creation: logging artifacts needs no lookup
         self.history: list[EpochResult] = []
         self._pending: list[Any] = []
+        self._params = params  # sent with the first batch
         self._last_flush = time.monotonic()
 
     def log_epoch(self, result: EpochResult) -> None:
@@ -187,31 +197,35 @@ class TrialRun:
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 
-    def flush(self) -> None:
-        if self._pending:
-            self.client.log_batch(self.run_id, metrics=self._pending)
-            self._pending = []
+    def flush(self, tags: list[Any] | None = None) -> None:
+        if self._pending or self._params or tags:
+            self.client.log_batch(self.run_id, metrics=self._pending, params=self._params, tags=tags or [])
+            self._pending, self._params = [], []
         self._last_flush = time.monotonic()
 
     def finish(self, state: str, reason: str | None = None, error: BaseException | None = None) -> None:
         """Send what is buffered, the artifacts and the final state (COMPLETE, PRUNED, FAIL or KILLED)."""
         from mlflow.entities import RunTag
 
-        self.flush()
         tags = [RunTag("optuna.state", state), RunTag("tuner.epochs", str(len(self.history)))]
         if reason:
             tags.append(RunTag("tuner.reason", redact(reason)[:5000]))
         if state == "PRUNED" and self.history:
             tags.append(RunTag("tuner.pruned_at_epoch", str(self.history[-1].epoch)))
-        self.client.log_batch(self.run_id, tags=tags)
+        self.flush(tags)
         with tempfile.TemporaryDirectory() as tmp:
             Path(tmp, "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
             Path(tmp, "history.csv").write_text(history_csv(self.history))
             if error is not None:
                 text = "".join(traceback_module.format_exception(error))
                 Path(tmp, "traceback.txt").write_text(redact(text))
-            self.client.log_artifacts(self.run_id, tmp)
+            self._artifact_repository().log_artifacts(tmp)
         self.client.set_terminated(self.run_id, status=_MLFLOW_STATUS[state])
+
+    def _artifact_repository(self) -> Any:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        return get_artifact_repository(self.artifact_uri, tracking_uri=self.client.tracking_uri)
 
 
 def history_csv(history: list[EpochResult]) -> str:
