@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import os
 import platform
 import sys
@@ -98,31 +99,42 @@ def same_params(arm: str, expected: list[dict[str, Any]], ran: list[dict[str, An
     assert key(expected) == key(ran), f"{arm}: trained other configs than the floor"
 
 
+@dataclass(frozen=True)
+class Span:
+    """One trial as its fit function saw it: wall-clock start and end (time.time()), and the
+    wall and process-CPU seconds spent inside the trainable's generator."""
+
+    start: float
+    end: float
+    inside: float
+    start_cpu: float = math.nan
+    inside_cpu: float = math.nan
+
+
 @dataclass
 class FitClock:
-    """Wraps a fit function and records, per trial, the wall-clock span and the seconds spent
-    inside the trainable's generator (training, evaluation, checkpointing)."""
+    """Wraps a fit function and records a `Span` per trial: the time inside the trainable's own
+    generator (training, evaluation, checkpointing) is told apart from everything around it."""
 
     fit: Callable[..., Generator[Any, None, None]]
-    spans: list[tuple[float, float, float]] = field(default_factory=list)  # (start, end, inside)
+    spans: list[Span] = field(default_factory=list)
 
     def __call__(self, config: Any, **kwargs: Any) -> Generator[Any, None, None]:
-        start = time.time()
-        inside = 0.0
+        start, start_cpu = time.time(), time.process_time()
+        inside = inside_cpu = 0.0
         epochs = self.fit(config, **kwargs)
         try:
             while True:
-                t = time.perf_counter()
-                try:
-                    result = next(epochs)
-                except StopIteration:
-                    inside += time.perf_counter() - t
-                    return
+                t, c = time.perf_counter(), time.process_time()
+                result = next(epochs, None)
                 inside += time.perf_counter() - t
+                inside_cpu += time.process_time() - c
+                if result is None:
+                    return
                 yield result
         finally:
             epochs.close()
-            self.spans.append((start, time.time(), inside))
+            self.spans.append(Span(start, time.time(), inside, start_cpu, inside_cpu))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

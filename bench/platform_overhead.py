@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
+import math
 import os
 import tempfile
 import time
@@ -44,7 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import FitClock, config_of, fixed_configs, machine, median, quiet, same_params, set_threads, table
+from _common import FitClock, Span, config_of, fixed_configs, machine, median, quiet, same_params, set_threads, table
 
 ARMS = ("floor", "tuner", "optuna", "ray")
 NEEDS = {"optuna": "optuna_integration", "ray": "ray"}  # arms that need the `bench` extra
@@ -127,7 +128,7 @@ def ray_trial(params: dict[str, Any], space: dict[str, Any], spans_dir: str, thr
         inside += time.perf_counter() - t
         if result is None:
             return
-        Path(spans_dir, f"{os.getpid()}-{start}").write_text(f"{start} {time.time()} {inside}")
+        Path(spans_dir, f"{os.getpid()}-{start}").write_text(f"{start} {time.time()} {inside}")  # CPU: not measured
         tune.report({**result.metrics(), "epoch": result.epoch})
 
 
@@ -193,8 +194,8 @@ def arm_ray(space: dict[str, Any], params: list[dict[str, Any]], tmp: Path, thre
         same_params("ray", params, [r.config for r in grid])
     finally:
         ray.shutdown()
-    spans = [tuple(float(x) for x in f.read_text().split()) for f in spans_dir.iterdir()]
-    return {"spans": sorted(spans), "tracking": tracking, "end": end}
+    spans = [Span(*(float(x) for x in f.read_text().split())) for f in spans_dir.iterdir()]
+    return {"spans": spans, "tracking": tracking, "end": end}
 
 
 def logged_per_trial(tracking: str, filter_string: str = "") -> tuple[float, float, float]:
@@ -216,16 +217,18 @@ def measure(arm: Callable[..., dict[str, Any]], space: dict[str, Any], params: l
     with tempfile.TemporaryDirectory(prefix=f"bench-{arm.__name__}-") as tmp:
         started = time.time()
         out = arm(space, params, Path(tmp), threads)
-        end = out.get("end", time.time())
-        spans = out["spans"]
+        end, end_cpu = out.get("end", time.time()), time.process_time()
+        spans: list[Span] = out["spans"]
         assert len(spans) == len(params), f"{arm.__name__}: {len(spans)} trials ran, {len(params)} expected"
-        first = min(s[0] for s in spans)
+        first = min(spans, key=lambda s: s.start)
         logged = logged_per_trial(out["tracking"], out.get("filter", "")) if "tracking" in out else (0, 0, 0)
     n = len(params)
     return {
-        "setup": first - started,
-        "per_trial": (end - first) / n,
-        "outside": (end - first - sum(s[2] for s in spans)) / n,
+        "setup": first.start - started,
+        "per_trial": (end - first.start) / n,
+        "outside": (end - first.start - sum(s.inside for s in spans)) / n,
+        # CPU of this process outside the trainable; NaN for Ray, whose trials run in other processes
+        "outside_cpu": (end_cpu - first.start_cpu - sum(s.inside_cpu for s in spans)) / n,
         "logged": logged,
     }
 
@@ -299,6 +302,7 @@ def main() -> None:
                 "-" if a == "floor" else f"{over / floor * 100:+.1f}%",
                 f"{med(a, 'outside') * 1000:.0f}",
                 f"{med(a, 'outside') / floor * 100:.1f}%",
+                "n/a" if math.isnan(med(a, "outside_cpu")) else f"{med(a, 'outside_cpu') * 1000:.0f}",
                 f"{logged[0]:.0f}",
                 f"{logged[1]:.0f}",
                 f"{logged[2]:.0f}",
@@ -313,7 +317,8 @@ def main() -> None:
     print(machine())
     print()
     headers = ["arm", "setup s", "per trial ms", "over floor ms", "over floor %", "outside training ms"]
-    headers += ["outside % of floor", "metric values/trial", "params/trial", "artifacts/trial"]
+    headers += ["outside % of floor", "outside training, CPU ms", "metric values/trial", "params/trial"]
+    headers += ["artifacts/trial"]
     print(table(headers, rows))
 
 
