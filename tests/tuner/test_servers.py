@@ -263,6 +263,12 @@ def test_tuner_ui_serves_the_study_to_a_browser_and_stops_on_sigterm(store: Stor
     for name, run_id in store.child_runs.items():
         assert run_link(expanded, f"{runs}/{run_id}", name), name
 
+    # Given a tracking server instead of a local store, `tuner ui` only prints the page on it.
+    remote = start_cli(cli, "ui", "--tracking-uri", f"http://{HOST}:{port}", "--study", STUDY)
+    out, err = remote.communicate(timeout=120)
+    assert remote.returncode == 0, err
+    assert out.strip() == page
+
     os.kill(p.pid, signal.SIGTERM)
     assert p.wait(timeout=60) == 0
     assert live_group_members(server) == []  # the server and its web workers
