@@ -23,6 +23,7 @@ def quiet() -> None:
     """Keep Optuna's, MLflow's and their databases' INFO lines and warnings off the console."""
     warnings.filterwarnings("ignore")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a line per run on a server
     for name in ("optuna", "mlflow", "alembic", "sqlalchemy", "ray", "filelock"):
         logging.getLogger(name).setLevel(logging.ERROR)
     import optuna

@@ -1,0 +1,255 @@
+"""Storage costs: Optuna's storages per trial, and MLflow's cost per child run, local and served.
+
+1. Optuna, per trial, on a trivial objective that makes a trial's storage traffic (3
+   suggestions, 5 reports with pruning checks, the result), RandomSampler so that the sampler
+   costs nothing: the journal file, SQLite and PostgreSQL storages as `tuner.storage.open_storage`
+   opens them (heartbeats on, SQLite in WAL mode), with 1 and 4 worker processes on one study.
+   Figure: wall time from the moment all workers are ready until the last one ends, divided by
+   the trials run (so with 4 workers it is the cost per trial of the study's throughput).
+2. MLflow, per child run, what tuner's tracking writes for one trial of 10 epochs (create the
+   run, params, 10 x 7 metrics, state tags, config.json and history.csv, terminate), on SQLite
+   in WAL mode (tuner's default), on SQLite with MLflow's own rollback journal, and through a
+   tracking server (`mlflow server --backend-store-uri sqlite:///... --workers 1`, started and
+   stopped here).
+
+PostgreSQL: `--postgres-url URL` uses that server (give one the user may create tables in);
+without it a throwaway PostgreSQL 15 cluster is started in a temp dir (initdb -A trust, as the
+postgres user when run as root) and stopped at the end; without its binaries it is skipped.
+
+    .venv/bin/python bench/storage.py [--trials 200] [--runs 50] [--postgres-url URL] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from _common import machine, quiet, table
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+WORKERS = (1, 4)
+EPOCHS = 10  # per child run
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def objective(trial: Any) -> float:
+    x = trial.suggest_float("x", -10, 10)
+    trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+    trial.suggest_categorical("optimizer", ["sgd", "adam"])
+    for step in range(1, 6):
+        trial.report(x * x / step, step)
+        trial.should_prune()
+    return x * x
+
+
+def optuna_worker(url: str, study_name: str, n_trials: int, barrier: Any, out: Any) -> None:
+    """One worker process: load the study, wait for the others, run its trials."""
+    quiet()
+    import optuna
+
+    from tuner.storage import open_storage
+
+    study = optuna.load_study(
+        study_name=study_name,
+        storage=open_storage(url),
+        sampler=optuna.samplers.RandomSampler(seed=os.getpid()),
+        pruner=optuna.pruners.NopPruner(),
+    )
+    barrier.wait()
+    start = time.time()
+    errors = 0
+    for _ in range(n_trials):
+        try:
+            study.optimize(objective, n_trials=1)
+        except Exception:  # a storage error (e.g. database locked): counted, the worker goes on
+            errors += 1
+    out.put((start, time.time(), errors))
+
+
+def optuna_cost(url: str, study_name: str, workers: int, trials: int) -> tuple[float, int]:
+    """(ms per trial, errors) of `trials` trials split over `workers` processes."""
+    import optuna
+
+    from tuner.storage import open_storage
+
+    optuna.create_study(study_name=study_name, storage=open_storage(url), direction="minimize")
+    context = multiprocessing.get_context("spawn")  # no inherited database connections
+    barrier, out = context.Barrier(workers), context.Queue()
+    share = [trials // workers + (i < trials % workers) for i in range(workers)]
+    procs = [context.Process(target=optuna_worker, args=(url, study_name, n, barrier, out)) for n in share]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    start, end = min(r[0] for r in results), max(r[1] for r in results)
+    return (end - start) / trials * 1000, sum(r[2] for r in results)
+
+
+def child_run_cost(tracking_uri: str, runs: int, wal: bool = True) -> float:
+    """ms per child run of tuner's tracking (`StudyTracking`) at `tracking_uri`."""
+    import optuna
+
+    import tuner.tracking
+    from trainables import TrainConfig
+    from trainables.loop import EpochResult
+
+    use_wal = tuner.tracking.use_wal
+    if not wal:
+        tuner.tracking.use_wal = lambda url: None  # MLflow's default: a rollback journal
+    try:
+        study = optuna.create_study(study_name=f"child-runs-{time.time_ns()}")
+        tracking = tuner.tracking.StudyTracking(tracking_uri, study, {"sampler": "random"}, {})
+    finally:
+        tuner.tracking.use_wal = use_wal
+    config = TrainConfig(epochs=EPOCHS)
+    params = {"optimizer": "adam", "lr": 0.01, "batch_size": 100}
+    start = time.perf_counter()
+    for number in range(runs):
+        run = tracking.start_trial(number, params, config)
+        for epoch in range(1, EPOCHS + 1):
+            last = epoch == EPOCHS
+            run.log_epoch(
+                EpochResult(epoch, 0.5, 0.8, 0.6, 0.8, 0.01, 0.1, 5e4, 0.6 if last else None, 0.8 if last else None)
+            )
+        run.finish("COMPLETE")
+    seconds = time.perf_counter() - start
+    tracking.finish_study()
+    return seconds / runs * 1000
+
+
+@contextlib.contextmanager
+def mlflow_server(tmp: Path) -> Iterator[str]:
+    """An MLflow tracking server on a free local port (SQLite backend), stopped on exit."""
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{tmp}/server.db",
+    ]
+    command += ["--default-artifact-root", (tmp / "server-artifacts").as_uri(), "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--workers", "1"]
+    log = open(tmp / "server.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow server did not answer /health: see {tmp / 'server.log'}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@contextlib.contextmanager
+def postgres(tmp: Path) -> Iterator[str]:
+    """A throwaway PostgreSQL 15 cluster in `tmp`, stopped on exit; yields its URL."""
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if os.geteuid() == 0:
+        shutil.chown(tmp, "postgres")
+    data, port = tmp / "data", free_port()
+
+    def pg(*args: str) -> None:
+        subprocess.run([*as_postgres, *args], check=True, capture_output=True)
+
+    pg(str(PG_BIN / "initdb"), "-A", "trust", "-U", "postgres", "-D", str(data))
+    options = f"-p {port} -k {tmp} -h 127.0.0.1"
+    pg(str(PG_BIN / "pg_ctl"), "-w", "-t", "60", "-D", str(data), "-l", str(tmp / "server.log"), "-o", options, "start")
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        pg(str(PG_BIN / "pg_ctl"), "-w", "-D", str(data), "-m", "fast", "stop")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=200, help="trials per storage and worker count")
+    parser.add_argument("--runs", type=int, default=50, help="MLflow child runs per store")
+    parser.add_argument("--postgres-url", help="a PostgreSQL server to use instead of a throwaway cluster")
+    parser.add_argument("--quick", action="store_true", help="40 trials and 10 child runs per case")
+    args = parser.parse_args()
+    if args.quick:
+        args.trials, args.runs = 40, 10
+    quiet()
+
+    optuna_rows, mlflow_rows = [], []
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-storage-")))
+        urls = {"journal file": str(tmp / "optuna.journal"), "SQLite": f"sqlite:///{tmp / 'optuna.db'}"}
+        if args.postgres_url:
+            urls["PostgreSQL"] = args.postgres_url
+        elif (PG_BIN / "initdb").exists():
+            pg_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-pg-")))
+            urls["PostgreSQL"] = stack.enter_context(postgres(pg_dir))
+        else:
+            print(f"PostgreSQL skipped: no {PG_BIN / 'initdb'}; give --postgres-url or install postgresql-15")
+        for name, url in urls.items():
+            for workers in WORKERS:
+                ms, errors = optuna_cost(url, f"bench-{workers}w-{time.time_ns()}", workers, args.trials)
+                print(f"{name:12s} {workers} worker(s): {ms:6.1f} ms per trial, {errors} errors")
+                optuna_rows.append([name, workers, args.trials, f"{ms:.1f}", errors])
+
+        cases = [
+            ("SQLite, WAL (tuner's default)", f"sqlite:///{tmp / 'mlflow-wal.db'}", True),
+            ("SQLite, rollback journal (MLflow's default)", f"sqlite:///{tmp / 'mlflow-journal.db'}", False),
+        ]
+        server_dir = tmp / "server"
+        server_dir.mkdir()
+        cases.append(
+            ("tracking server over HTTP (SQLite backend)", stack.enter_context(mlflow_server(server_dir)), True)
+        )
+        for name, uri, wal in cases:
+            ms = child_run_cost(uri, args.runs, wal)
+            print(f"{name}: {ms:.1f} ms per child run")
+            mlflow_rows.append([name, args.runs, f"{ms:.1f}"])
+
+    base = float(mlflow_rows[0][2])
+    for row in mlflow_rows:
+        row.append(f"{float(row[2]) / base:.2f}x")
+    print()
+    print("#### Storage costs")
+    print()
+    print(machine())
+    print()
+    print(table(["Optuna storage", "workers", "trials", "ms per trial (wall / trials)", "errors"], optuna_rows))
+    print()
+    print(
+        table(
+            [f"MLflow store (child run of {EPOCHS} epochs)", "runs", "ms per child run", "vs SQLite WAL"], mlflow_rows
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
