@@ -151,7 +151,11 @@ class StudySpec:
                 f"--budget {options.budget}: study {self.name!r} has only the default budget; drop --budget"
             )
 
-        return run_study(self, options)
+        from tuner.group import finish
+
+        study = run_study(self, options)
+        finish([study.study_name], study.study_name, options)  # the report, and where to browse
+        return study
 
 
 def check_workers(options: RunOptions, space: Space) -> None:
