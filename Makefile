@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/tuner run studies/quickstart.py
+	$(VENV)/bin/tuner run studies/optimizer_comparison.py
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
