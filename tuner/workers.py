@@ -205,7 +205,12 @@ def join(
     runner = make_runner(spec, options, tracking)
     interrupted = True
     try:
-        ran = work(study, runner, timeout, callbacks=[lambda s, t: tracking.record_best(s)])
+        ran = work(
+            study,
+            runner,
+            spec.timeout if timeout is None else timeout,
+            callbacks=[lambda s, t: tracking.record_best(s)],
+        )
         interrupted = False
     finally:
         close_parent_run(study, tracking, interrupted)
