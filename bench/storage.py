@@ -16,7 +16,9 @@ PostgreSQL: `--postgres-url URL` uses that server (give one the user may create 
 without it a throwaway PostgreSQL 15 cluster is started in a temp dir (initdb -A trust, as the
 postgres user when run as root) and stopped at the end; without its binaries it is skipped.
 
-    .venv/bin/python bench/storage.py [--trials 200] [--runs 50] [--postgres-url URL] [--quick]
+Every case runs once per round, rounds repeat (3 by default), and medians are reported.
+
+    .venv/bin/python bench/storage.py [--trials 200] [--runs 50] [--repeats 3] [--postgres-url URL] [--quick]
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from _common import machine, quiet, table
+from _common import machine, median, quiet, table
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 WORKERS = (1, 4)
@@ -197,13 +199,16 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200, help="trials per storage and worker count")
     parser.add_argument("--runs", type=int, default=50, help="MLflow child runs per store")
     parser.add_argument("--postgres-url", help="a PostgreSQL server to use instead of a throwaway cluster")
-    parser.add_argument("--quick", action="store_true", help="40 trials and 10 child runs per case")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over all cases; medians are reported")
+    parser.add_argument("--quick", action="store_true", help="1 round of 40 trials and 10 child runs per case")
     args = parser.parse_args()
     if args.quick:
-        args.trials, args.runs = 40, 10
+        args.trials, args.runs, args.repeats = 40, 10, 1
     quiet()
 
-    optuna_rows, mlflow_rows = [], []
+    optuna_ms: dict[tuple[str, int], list[float]] = {}
+    optuna_errors: dict[tuple[str, int], int] = {}
+    mlflow_ms: dict[str, list[float]] = {}
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-storage-")))
         urls = {"journal file": str(tmp / "optuna.journal"), "SQLite": f"sqlite:///{tmp / 'optuna.db'}"}
@@ -214,39 +219,47 @@ def main() -> None:
             urls["PostgreSQL"] = stack.enter_context(postgres(pg_dir))
         else:
             print(f"PostgreSQL skipped: no {PG_BIN / 'initdb'}; give --postgres-url or install postgresql-15")
-        for name, url in urls.items():
-            for workers in WORKERS:
-                ms, errors = optuna_cost(url, f"bench-{workers}w-{time.time_ns()}", workers, args.trials)
-                print(f"{name:12s} {workers} worker(s): {ms:6.1f} ms per trial, {errors} errors")
-                optuna_rows.append([name, workers, args.trials, f"{ms:.1f}", errors])
-
-        cases = [
-            ("SQLite, WAL (tuner's default)", f"sqlite:///{tmp / 'mlflow-wal.db'}", True),
-            ("SQLite, rollback journal (MLflow's default)", f"sqlite:///{tmp / 'mlflow-journal.db'}", False),
-        ]
         server_dir = tmp / "server"
         server_dir.mkdir()
-        cases.append(
-            ("tracking server over HTTP (SQLite backend)", stack.enter_context(mlflow_server(server_dir)), True)
-        )
-        for name, uri, wal in cases:
-            ms = child_run_cost(uri, args.runs, wal)
-            print(f"{name}: {ms:.1f} ms per child run")
-            mlflow_rows.append([name, args.runs, f"{ms:.1f}"])
+        server = stack.enter_context(mlflow_server(server_dir))
+        cases = {  # name: (tracking URI prefix, WAL)
+            "SQLite, WAL (tuner's default)": (f"sqlite:///{tmp / 'mlflow-wal'}", True),
+            "SQLite, rollback journal (MLflow's default)": (f"sqlite:///{tmp / 'mlflow-journal'}", False),
+            "tracking server over HTTP (SQLite backend)": (server, True),
+        }
+        for repeat in range(args.repeats):  # every case once per round, so that load changes hit all alike
+            for name, url in urls.items():
+                for workers in WORKERS:
+                    ms, errors = optuna_cost(url, f"bench-{workers}w-{time.time_ns()}", workers, args.trials)
+                    print(f"round {repeat + 1} {name:12s} {workers} worker(s): {ms:6.1f} ms per trial, {errors} errors")
+                    optuna_ms.setdefault((name, workers), []).append(ms)
+                    optuna_errors[name, workers] = optuna_errors.get((name, workers), 0) + errors
+            for name, (uri, wal) in cases.items():
+                ms = child_run_cost(uri if uri.startswith("http") else f"{uri}-{repeat}.db", args.runs, wal)
+                print(f"round {repeat + 1} {name}: {ms:.1f} ms per child run")
+                mlflow_ms.setdefault(name, []).append(ms)
 
+    optuna_rows = [
+        [name, workers, args.trials, f"{median(ms):.1f}", optuna_errors[name, workers]]
+        for (name, workers), ms in optuna_ms.items()
+    ]
+    mlflow_rows = [[name, args.runs, f"{median(ms):.1f}"] for name, ms in mlflow_ms.items()]
     base = float(mlflow_rows[0][2])
     for row in mlflow_rows:
         row.append(f"{float(row[2]) / base:.2f}x")
     print()
-    print("#### Storage costs")
+    print(f"#### Storage costs: median of {args.repeats} round(s)")
     print()
     print(machine())
     print()
-    print(table(["Optuna storage", "workers", "trials", "ms per trial (wall / trials)", "errors"], optuna_rows))
+    print(
+        table(["Optuna storage", "workers", "trials per round", "ms per trial (wall / trials)", "errors"], optuna_rows)
+    )
     print()
     print(
         table(
-            [f"MLflow store (child run of {EPOCHS} epochs)", "runs", "ms per child run", "vs SQLite WAL"], mlflow_rows
+            [f"MLflow store (child run of {EPOCHS} epochs)", "runs per round", "ms per child run", "vs SQLite WAL"],
+            mlflow_rows,
         )
     )
 
