@@ -50,6 +50,8 @@ from torch.utils.data import DataLoader, TensorDataset
 # the repository root, so that the script also runs where the project is not installed (e.g. a GPU box)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import cpu_name
+
 from trainables import TrainConfig, build_model, fit_splits, load_splits
 from trainables.data import Splits
 from trainables.optim import build_optimizer
@@ -172,14 +174,7 @@ def run_case(case: Case, device: torch.device, repeats: int, epochs: int | None)
 
 
 def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     parts = [
         f"date {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"cpu {cpu} ({os.cpu_count()} logical cores, torch threads {torch.get_num_threads()})",
