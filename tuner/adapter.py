@@ -95,12 +95,13 @@ class TrialRunner:
             config = suggest(trial, self.space, self.overrides)
             if retry_of_run is not None:  # normally closed by the worker that found it stale
                 self.tracking.close_dead_attempt(first_number, retry_of_run, WORKER_DIED)
+            worker = worker_id()
             run = self.tracking.start_trial(
-                trial.number, trial.params, config, retry_of_run, attempt_of_trial=first_number, worker=worker_id()
+                trial.number, trial.params, config, retry_of_run, attempt_of_trial=first_number, worker=worker
             )
             trial.set_user_attr(ATTEMPT_OF_ATTR, first_number)
             trial.set_user_attr(RUN_ID_ATTR, run.run_id)
-            trial.set_user_attr(WORKER_ATTR, worker_id())
+            trial.set_user_attr(WORKER_ATTR, worker)
             value = None
             epochs = self.fit(config, checkpoint=checkpoint)
             try:

@@ -25,12 +25,20 @@ class _Parser(argparse.ArgumentParser):
 
 
 def add_storage_flags(parser: argparse.ArgumentParser) -> None:
-    # from the environment too, so that URLs with passwords need not be on a command line
+    add_storage_flag(parser)
+    add_tracking_flag(parser)
+
+
+# Both flags default from the environment too, so that URLs with passwords need not be on a command line.
+def add_storage_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage",
         default=os.environ.get("TUNER_STORAGE", DEFAULT_STORAGE),
         help=f"Optuna storage (default: $TUNER_STORAGE, else {DEFAULT_STORAGE})",
     )
+
+
+def add_tracking_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tracking-uri",
         default=os.environ.get("TUNER_TRACKING_URI", DEFAULT_TRACKING_URI),
@@ -131,20 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ui = sub.add_parser("ui", help="start the MLflow UI on the local store and print the study's runs page")
     add_server_flags(ui, 5000)
-    ui.add_argument(
-        "--tracking-uri",
-        default=os.environ.get("TUNER_TRACKING_URI", DEFAULT_TRACKING_URI),
-        help=f"MLflow tracking URI (default: $TUNER_TRACKING_URI, else {DEFAULT_TRACKING_URI})",
-    )
+    add_tracking_flag(ui)
     ui.add_argument("--study", help="the study whose runs page to print (default: the newest study)")
 
     dashboard = sub.add_parser("dashboard", help="start optuna-dashboard on the Optuna storage")
     add_server_flags(dashboard, 8080)
-    dashboard.add_argument(
-        "--storage",
-        default=os.environ.get("TUNER_STORAGE", DEFAULT_STORAGE),
-        help=f"Optuna storage (default: $TUNER_STORAGE, else {DEFAULT_STORAGE})",
-    )
+    add_storage_flag(dashboard)
     return parser
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.adapter import FitFn, StaleTrialHandler, TrialFailed, TrialRunner
 from tuner.errors import UserError
-from tuner.storage import DEFAULT_STORE, heartbeat_seconds, open_storage, set_stale_trial_callback
+from tuner.storage import DEFAULT_STORE, heartbeat_seconds, open_storage, redact, set_stale_trial_callback
 from tuner.study import RunOptions, StudySpec, make_pruner, make_sampler
 
 if TYPE_CHECKING:
@@ -45,8 +45,7 @@ def open_study(spec: StudySpec, options: RunOptions, create: bool = True, worker
     import optuna
 
     storage = open_storage(options.storage)
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if spec.name in existing:
+    if spec.name in optuna.get_all_study_names(storage):
         seeded = dataclasses.replace(spec, seed=spec.seed + worker_index) if spec.sampler != "qmc" else spec
         study = optuna.load_study(
             study_name=spec.name, storage=storage, sampler=make_sampler(seeded), pruner=make_pruner(spec)
@@ -58,7 +57,7 @@ def open_study(spec: StudySpec, options: RunOptions, create: bool = True, worker
             )
         return study
     if not create:
-        raise UserError(f"study {spec.name!r} not found in {options.storage}; run `tuner studies` to list them")
+        raise UserError(f"study {spec.name!r} not found in {redact(options.storage)}; run `tuner studies` to list them")
     return optuna.create_study(
         study_name=spec.name,
         storage=storage,
