@@ -84,10 +84,17 @@ def arm_tuner(space: dict[str, Any], params: list[dict[str, Any]], tmp: Path, th
         saving[1] += time.process_time() - c
 
     trainables.loop._save_checkpoint = timed_save
+    helper_cpu_start: list[float] = []  # the writer process's CPU when the first trial starts: after set-up
+
+    def fit(config: Any, **kwargs: Any) -> Any:
+        if not helper_cpu_start:
+            helper_cpu_start.append(writer_cpu())
+        return clock(config, **kwargs)
+
     try:
         spec = StudySpec(name=STUDY, space=space, sampler="random", pruner="none", n_trials=len(params), seed=0)
         options = RunOptions(storage=storage, tracking_uri=tracking, quiet=True, report=False)
-        study = run_study(spec, options, fit=clock)
+        study = run_study(spec, options, fit=fit)
     finally:
         trainables.loop._save_checkpoint = save
     same_params("tuner", params, [t.params for t in study.trials])
@@ -97,7 +104,8 @@ def arm_tuner(space: dict[str, Any], params: list[dict[str, Any]], tmp: Path, th
         )
         for s in clock.spans
     ]
-    return {"spans": spans, "tracking": tracking, "filter": "tags.`tuner.role` = 'trial'"}
+    out = {"spans": spans, "tracking": tracking, "filter": "tags.`tuner.role` = 'trial'"}
+    return {**out, "helper_cpu_start": helper_cpu_start[0]}
 
 
 def arm_optuna(space: dict[str, Any], params: list[dict[str, Any]], tmp: Path, threads: int) -> dict[str, Any]:
@@ -238,11 +246,23 @@ def logged_per_trial(tracking: str, filter_string: str = "") -> tuple[float, flo
     return metrics / n, params / n, artifacts / n
 
 
+def writer_cpu() -> float:
+    """CPU seconds used so far by tuner's MLflow writer process (tuner/record_writer.py), 0 if none runs."""
+    from tuner import record_writer
+
+    helper = record_writer._writer._helper if record_writer._writer is not None else None
+    if helper is None:
+        return 0.0
+    fields = Path(f"/proc/{helper.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def measure(arm: Callable[..., dict[str, Any]], space: dict[str, Any], params: list[dict[str, Any]], threads: int):
     with tempfile.TemporaryDirectory(prefix=f"bench-{arm.__name__}-") as tmp:
         started = time.time()
         out = arm(space, params, Path(tmp), threads)
         end, end_cpu = out.get("end", time.time()), time.process_time()
+        helper_cpu = writer_cpu() - out["helper_cpu_start"] if "helper_cpu_start" in out else 0.0
         spans: list[Span] = out["spans"]
         assert len(spans) == len(params), f"{arm.__name__}: {len(spans)} trials ran, {len(params)} expected"
         first = min(spans, key=lambda s: s.start)
@@ -252,8 +272,9 @@ def measure(arm: Callable[..., dict[str, Any]], space: dict[str, Any], params: l
         "setup": first.start - started,
         "per_trial": (end - first.start) / n,
         "outside": (end - first.start - sum(s.inside for s in spans)) / n,
-        # CPU of this process outside the trainable; NaN for Ray, whose trials run in other processes
-        "outside_cpu": (end_cpu - first.start_cpu - sum(s.inside_cpu for s in spans)) / n,
+        # CPU of this process (and of tuner's writer process) outside the trainable; NaN for Ray,
+        # whose trials run in other processes
+        "outside_cpu": (end_cpu - first.start_cpu - sum(s.inside_cpu for s in spans) + helper_cpu) / n,
         "logged": logged,
     }
 

@@ -68,18 +68,22 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def fit(config: TrainConfig, checkpoint: str | Path | None = None) -> Generator[EpochResult, None, None]:
+def fit(
+    config: TrainConfig, checkpoint: str | Path | None = None, checkpoint_every: float = 0.0
+) -> Generator[EpochResult, None, None]:
     """Train `config`, yielding after every epoch; the caller may stop at any epoch.
 
-    With `checkpoint`, model, optimizer, scheduler and RNG state are saved there after every
-    epoch, and a run that finds the file already there resumes after its last epoch.
+    With `checkpoint`, model, optimizer, scheduler and RNG state are saved there at the end of
+    an epoch once `checkpoint_every` seconds have passed since the last save (or since
+    training started; 0: after every epoch), and a run that finds the file already there
+    resumes after the epoch it holds.
     """
     splits = load_splits(config.dataset, config.data_dir, config.download, config.val_fraction)
-    yield from fit_splits(config, splits, checkpoint)
+    yield from fit_splits(config, splits, checkpoint, checkpoint_every)
 
 
 def fit_splits(
-    config: TrainConfig, splits: Splits, checkpoint: str | Path | None = None
+    config: TrainConfig, splits: Splits, checkpoint: str | Path | None = None, checkpoint_every: float = 0.0
 ) -> Generator[EpochResult, None, None]:
     """`fit` on given splits instead of the dataset that `config` names (benchmarks, custom data).
 
@@ -117,6 +121,7 @@ def fit_splits(
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         start_epoch = state["epoch"] + 1
 
+    last_save = time.monotonic()
     for epoch in range(start_epoch, config.epochs + 1):
         _sync(device)
         started = time.perf_counter()
@@ -153,8 +158,9 @@ def fit_splits(
         test_loss = test_acc = None
         if epoch == config.epochs:
             test_loss, test_acc = _evaluate(model, data["x_test"], data["y_test"], config.batch_size, autocast, loss_fn)
-        if checkpoint is not None:
+        if checkpoint is not None and time.monotonic() - last_save >= checkpoint_every:
             _save_checkpoint(Path(checkpoint), epoch, model, optimizer, schedule, shuffle, device)
+            last_save = time.monotonic()
         _sync(device)
         seconds = time.perf_counter() - started
         yield EpochResult(

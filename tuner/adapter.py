@@ -7,6 +7,7 @@ in `classify`.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -81,6 +82,7 @@ class TrialRunner:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     fit: FitFn = field(default_factory=lambda: trainables.fit)  # looked up late: it imports torch
     checkpoint_dir: Path | None = None
+    checkpoint_every: float = 0.0  # seconds between a trial's checkpoints (0: every epoch)
     keep_checkpoints: bool = False
     taken_over: list[int] = field(default_factory=list)  # trials failed as stale under us: see `work`
 
@@ -92,18 +94,19 @@ class TrialRunner:
         run = None
         epochs_done = 0
         try:
-            config = suggest(trial, self.space, self.overrides)
-            if retry_of_run is not None:  # normally closed by the worker that found it stale
-                self.tracking.close_dead_attempt(first_number, retry_of_run, WORKER_DIED)
-            worker = worker_id()
-            run = self.tracking.start_trial(
-                trial.number, trial.params, config, retry_of_run, attempt_of_trial=first_number, worker=worker
-            )
-            trial.set_user_attr(ATTEMPT_OF_ATTR, first_number)
-            trial.set_user_attr(RUN_ID_ATTR, run.run_id)
-            trial.set_user_attr(WORKER_ATTR, worker)
+            with combined_writes(trial):  # the params and attributes below: one storage write, not a dozen
+                config = suggest(trial, self.space, self.overrides)
+                if retry_of_run is not None:  # normally closed by the worker that found it stale
+                    self.tracking.close_dead_attempt(first_number, retry_of_run, WORKER_DIED)
+                worker = worker_id()
+                run = self.tracking.start_trial(
+                    trial.number, trial.params, config, retry_of_run, attempt_of_trial=first_number, worker=worker
+                )
+                trial.set_user_attr(ATTEMPT_OF_ATTR, first_number)
+                trial.set_user_attr(RUN_ID_ATTR, run.run_id)
+                trial.set_user_attr(WORKER_ATTR, worker)
             value = None
-            epochs = self.fit(config, checkpoint=checkpoint)
+            epochs = self.fit(config, checkpoint=checkpoint, checkpoint_every=self.checkpoint_every)
             try:
                 for result in epochs:
                     run.log_epoch(result)
@@ -154,6 +157,12 @@ class TrialRunner:
     def _remove_checkpoint(self, path: Path | None) -> None:
         if path is not None and not self.keep_checkpoints:
             path.unlink(missing_ok=True)
+
+
+def combined_writes(trial: optuna.Trial) -> contextlib.AbstractContextManager[None]:
+    """The journal storage's `combined_writes`; other storages write as they go."""
+    combine = getattr(trial.storage, "combined_writes", None)
+    return combine() if combine is not None else contextlib.nullcontext()
 
 
 def worker_id() -> str:

@@ -71,9 +71,21 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study-name", help="study name (default: the study's)")
     parser.add_argument("--quiet", action="store_true", help="no live progress display")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep per-trial checkpoints after trials end")
-    parser.add_argument("--checkpoint-dir", help="where trials checkpoint each epoch (shared by all hosts' workers)")
+    parser.add_argument("--checkpoint-dir", help="where trials checkpoint (shared by all hosts' workers)")
+    add_checkpoint_every_flag(parser)
     parser.add_argument("--no-report", dest="report", action="store_false", help="do not write the report at the end")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+
+def add_checkpoint_every_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="checkpoint a trial at the end of an epoch once this long has passed since its last checkpoint; "
+        "a killed trial resumes from there (default 30; 0: every epoch)",
+    )
 
 
 def add_budget_flag(parser: argparse.ArgumentParser) -> None:
@@ -119,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     worker.add_argument("--worker-index", type=int, help="offsets the sampler seed (default: the process id)")
     worker.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    worker.add_argument("--checkpoint-dir", help="where trials checkpoint each epoch (shared by all hosts' workers)")
+    worker.add_argument("--checkpoint-dir", help="where trials checkpoint (shared by all hosts' workers)")
+    add_checkpoint_every_flag(worker)
     worker.add_argument("--keep-checkpoints", action="store_true", help="keep per-trial checkpoints after trials end")
     worker.add_argument("--quiet", action="store_true", help="print nothing but errors")
     worker.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -259,6 +272,7 @@ def run_options(args: argparse.Namespace) -> Any:
         workers=_workers(args),
         gpus=getattr(args, "gpus", ()),
         checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
         threads=getattr(args, "threads", None),
         budget=getattr(args, "budget", "default"),
     )

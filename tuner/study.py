@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -44,6 +45,10 @@ class RunOptions:
     workers: int = 1  # worker processes on this machine, sharing the study and its trial budget
     gpus: tuple[int, ...] = ()  # CUDA device indices; worker i trains on gpus[i], one trial per GPU
     checkpoint_dir: str | None = None  # default: `checkpoints/` beside a local store, else ./mlruns/checkpoints
+    # Seconds between a trial's checkpoints. Each save costs a few ms (seconds for a large
+    # model): every epoch of a short trial would be the platform's largest cost per trial
+    # (bench/platform_overhead.py), while a killed trial loses at most this much training.
+    checkpoint_every: float = 30.0
     threads: int | None = None  # torch CPU threads of this process (None: torch's default)
 
 
@@ -123,6 +128,7 @@ class StudySpec:
                 TrainConfig(device=options.device)
             except ConfigError as exc:
                 raise UserError(f"--device {options.device!r} is invalid: use auto, cpu, cuda or cuda:N") from exc
+        check_checkpoint_every(options.checkpoint_every)
         check_workers(options, self.space)
         check_datasets(self.space)
         check_storage_url(options.storage)
@@ -245,3 +251,8 @@ def make_pruner(spec: StudySpec) -> Any:
     if spec.pruner == "none":
         return p.NopPruner()
     raise UserError(f"pruner {spec.pruner!r} is unknown: choose one of {', '.join(PRUNERS)}")
+
+
+def check_checkpoint_every(seconds: float) -> None:
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise UserError(f"--checkpoint-every {seconds}: give a number of seconds >= 0 (0 checkpoints every epoch)")

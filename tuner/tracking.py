@@ -3,7 +3,9 @@
 Everything goes through `MlflowClient` with explicit run ids, never the process-global
 "active run", so several workers (threads, processes, hosts) can log side by side.
 Per-epoch metrics are buffered and sent with `log_batch`, at most every `FLUSH_SECONDS`
-and at the end of the trial.
+and at the end of the trial. What a trial logs after its run is created goes through the
+process's `RecordWriter` (tuner/record_writer.py), off the training process's path;
+`StudyTracking.sync` waits until it is all written.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ import io
 import json
 import logging
 import subprocess
-import tempfile
 import time
 import traceback as traceback_module
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuner.record_writer import RecordWriter, writer
 from tuner.storage import default_artifact_root, redact, use_wal
 
 if TYPE_CHECKING:
@@ -49,10 +50,13 @@ class StudyTracking:
         self.tracking_uri = tracking_uri
         if tracking_uri.startswith("sqlite:///"):
             use_wal(tracking_uri)
-        self.client: MlflowClient = MlflowClient(tracking_uri)
+        self.client: MlflowClient = MlflowClient(tracking_uri)  # creates the tables of a new store
+        self.writer: RecordWriter = writer()
+        self.writer.write(tracking_uri, "connect")  # the writer opens the store while we set up here
         self.experiment_id = self._experiment(study.study_name)
         self.parent_run_id = self._parent_run(study, settings, space)
         self._best_number: int | None = None
+        self.sync()  # the writer is ready before the first trial: its start-up is set-up, not trial time
 
     def _experiment(self, name: str) -> str:
         existing = self.client.get_experiment_by_name(name)
@@ -100,8 +104,6 @@ class StudyTracking:
         tagged with the run id of the attempt it replaces (`tuner.retry_of_run`) and the first
         attempt's trial number (`tuner.attempt_of_trial`).
         """
-        from mlflow.entities import Param
-
         tags = {
             "mlflow.parentRunId": self.parent_run_id,
             "tuner.role": "trial",
@@ -117,13 +119,11 @@ class StudyTracking:
         tags["optuna.state"] = "RUNNING"
         run = self.client.create_run(self.experiment_id, run_name=f"trial {trial_number}", tags=tags)
         logged = {**config.active(), **params}
-        param_list = [Param(k, redact(str(v))) for k, v in sorted(logged.items())]
-        return TrialRun(self.client, run.info.run_id, config, run.info.artifact_uri, param_list)
+        param_list = [(k, redact(str(v))) for k, v in sorted(logged.items())]
+        return TrialRun(self.writer, self.tracking_uri, run.info.run_id, config, run.info.artifact_uri, param_list)
 
     def record_best(self, study: optuna.Study) -> None:
         """Put the best value and params on the parent run when the best trial changed."""
-        from mlflow.entities import Metric, RunTag
-
         try:
             best = study.best_trial
         except ValueError:  # no completed trial yet
@@ -132,13 +132,17 @@ class StudyTracking:
             return
         self._best_number = best.number
         now = int(time.time() * 1000)
-        tags = [RunTag("best.trial_number", str(best.number)), RunTag("best.params", json.dumps(best.params))]
-        tags += [RunTag(f"best.{k}", str(v)) for k, v in best.params.items()]
-        self.client.log_batch(
-            self.parent_run_id, metrics=[Metric("best_value", float(best.value), now, best.number)], tags=tags
-        )
+        tags = [("best.trial_number", str(best.number)), ("best.params", json.dumps(best.params))]
+        tags += [(f"best.{k}", str(v)) for k, v in best.params.items()]
+        metrics = [("best_value", float(best.value), now, best.number)]
+        self.writer.write(self.tracking_uri, "log_batch", self.parent_run_id, metrics, [], tags)
+
+    def sync(self) -> None:
+        """Wait until every record sent so far is written."""
+        self.writer.sync()
 
     def finish_study(self, status: str = "FINISHED") -> None:
+        self.sync()  # the trials' runs are closed before the parent run
         self.client.set_terminated(self.parent_run_id, status=status)
 
     def close_dead_attempt(self, trial_number: int, run_id: str | None, reason: str) -> str | None:
@@ -149,6 +153,7 @@ class StudyTracking:
         """
         from mlflow.entities import RunTag
 
+        self.sync()  # this process's own records of the attempt are written first
         if run_id is None:
             found = self.client.search_runs(
                 [self.experiment_id],
@@ -173,59 +178,54 @@ class TrialRun:
     whatever it carries, so a trial makes as few as it can (bench/platform_overhead.py): the
     run's tags go with its creation; the params wait for the first batch of metrics (at most
     FLUSH_SECONDS after the first epoch, or when the trial ends); the final metrics and state
-    tags share one batch; artifacts go straight to the run's artifact location.
+    tags share one batch; artifacts go straight to the run's artifact location. All but the
+    creation go through the writer, so the trial does not wait for them.
     """
 
     def __init__(
-        self, client: MlflowClient, run_id: str, config: TrainConfig, artifact_uri: str, params: list[Any]
+        self,
+        writer: RecordWriter,
+        tracking_uri: str,
+        run_id: str,
+        config: TrainConfig,
+        artifact_uri: str,
+        params: list[tuple[str, str]],
     ) -> None:
-        self.client, self.run_id, self.config = client, run_id, config
+        self.writer, self.tracking_uri, self.run_id, self.config = writer, tracking_uri, run_id, config
         self.artifact_uri = artifact_uri  # known from the run's creation: logging artifacts needs no lookup
         self.history: list[EpochResult] = []
-        self._pending: list[Any] = []
+        self._pending: list[tuple[str, float, int, int]] = []  # metrics: key, value, timestamp, step
         self._params = params  # sent with the first batch
         self._last_flush = time.monotonic()
 
     def log_epoch(self, result: EpochResult) -> None:
-        from mlflow.entities import Metric
-
         self.history.append(result)
         now = int(time.time() * 1000)
-        self._pending += [Metric(k, v, now, result.epoch) for k, v in result.metrics().items()]
+        self._pending += [(k, v, now, result.epoch) for k, v in result.metrics().items()]
         if result.resumed:  # the first epoch after resuming a checkpoint: say where it took over
-            self.client.set_tag(self.run_id, "tuner.resumed_from_epoch", str(result.epoch - 1))
-        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush([("tuner.resumed_from_epoch", str(result.epoch - 1))])
+        elif time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 
-    def flush(self, tags: list[Any] | None = None) -> None:
+    def flush(self, tags: list[tuple[str, str]] | None = None) -> None:
         if self._pending or self._params or tags:
-            self.client.log_batch(self.run_id, metrics=self._pending, params=self._params, tags=tags or [])
+            self.writer.write(self.tracking_uri, "log_batch", self.run_id, self._pending, self._params, tags or [])
             self._pending, self._params = [], []
         self._last_flush = time.monotonic()
 
     def finish(self, state: str, reason: str | None = None, error: BaseException | None = None) -> None:
         """Send what is buffered, the artifacts and the final state (COMPLETE, PRUNED, FAIL or KILLED)."""
-        from mlflow.entities import RunTag
-
-        tags = [RunTag("optuna.state", state), RunTag("tuner.epochs", str(len(self.history)))]
+        tags = [("optuna.state", state), ("tuner.epochs", str(len(self.history)))]
         if reason:
-            tags.append(RunTag("tuner.reason", redact(reason)[:5000]))
+            tags.append(("tuner.reason", redact(reason)[:5000]))
         if state == "PRUNED" and self.history:
-            tags.append(RunTag("tuner.pruned_at_epoch", str(self.history[-1].epoch)))
+            tags.append(("tuner.pruned_at_epoch", str(self.history[-1].epoch)))
         self.flush(tags)
-        with tempfile.TemporaryDirectory() as tmp:
-            Path(tmp, "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
-            Path(tmp, "history.csv").write_text(history_csv(self.history))
-            if error is not None:
-                text = "".join(traceback_module.format_exception(error))
-                Path(tmp, "traceback.txt").write_text(redact(text))
-            self._artifact_repository().log_artifacts(tmp)
-        self.client.set_terminated(self.run_id, status=_MLFLOW_STATUS[state])
-
-    def _artifact_repository(self) -> Any:
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        return get_artifact_repository(self.artifact_uri, tracking_uri=self.client.tracking_uri)
+        files = {"config.json": json.dumps(self.config.to_dict(), indent=2), "history.csv": history_csv(self.history)}
+        if error is not None:
+            files["traceback.txt"] = redact("".join(traceback_module.format_exception(error)))
+        self.writer.write(self.tracking_uri, "log_texts", self.artifact_uri, files)
+        self.writer.write(self.tracking_uri, "set_terminated", self.run_id, _MLFLOW_STATUS[state])
 
 
 def history_csv(history: list[EpochResult]) -> str:

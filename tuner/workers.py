@@ -57,6 +57,7 @@ def launch(spec: StudySpec, options: RunOptions) -> Any:
     for index, device in enumerate(worker_devices(options)):
         command = [sys.executable, "-m", "tuner.cli", "worker", "--study", spec.name, "--quiet"]
         command += ["--worker-index", str(index), "--checkpoint-dir", str(checkpoint_dir(options))]
+        command += ["--checkpoint-every", str(options.checkpoint_every)]
         if device is not None:
             command += ["--device", device]
         if device is None or not device.startswith("cuda"):
@@ -167,6 +168,7 @@ def join(
     from tuner.adapter import StaleTrialHandler
     from tuner.runner import SPEC_ATTR, close_parent_run, make_runner, open_study, quiet_optuna, work
     from tuner.storage import check_storage_url, check_tracking_uri, set_stale_trial_callback
+    from tuner.study import check_checkpoint_every
     from tuner.tracking import StudyTracking
 
     quiet_optuna()
@@ -174,6 +176,7 @@ def join(
         raise UserError(f"--threads {options.threads}: give 1 or more")
     check_storage_url(options.storage)
     check_tracking_uri(options.tracking_uri)
+    check_checkpoint_every(options.checkpoint_every)
     if storage_kind(options.storage) == "journal" and not Path(options.storage).exists():
         raise UserError(
             f"--storage {options.storage}: no such journal file; create the study first with "

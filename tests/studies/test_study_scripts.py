@@ -78,7 +78,9 @@ def fake_fit_interrupted_at(call: int) -> Any:
     """curve_fit, but the `call`-th trial is interrupted (Ctrl-C) in its second epoch."""
     calls = itertools.count(1)
 
-    def fit(config: TrainConfig, checkpoint: Any = None) -> Generator[EpochResult, None, None]:
+    def fit(
+        config: TrainConfig, checkpoint: Any = None, checkpoint_every: float = 0.0
+    ) -> Generator[EpochResult, None, None]:
         interrupt = next(calls) == call
         for result in curve_fit(config, checkpoint):
             if interrupt and result.epoch == 2:

@@ -6,12 +6,15 @@ import gc
 import inspect
 import itertools
 import math
+import time
 import weakref
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+import trainables.loop
 from tests.trainables.helpers import assert_finite, computed
 from trainables import Diverged, EpochResult, TrainConfig, fit, resolve_device
 
@@ -77,6 +80,34 @@ def test_caller_can_stop_after_the_first_epoch(tiny: TrainConfig, tmp_path: Path
     del records
     gc.collect()
     assert alive() is None
+
+
+def test_checkpoint_every_saves_once_that_many_seconds_have_passed(
+    tiny: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]  # the loop's monotonic clock, moved on 4 s between epochs
+    monkeypatch.setattr(
+        trainables.loop, "time", SimpleNamespace(monotonic=lambda: clock[0], perf_counter=time.perf_counter)
+    )
+    saved: list[int] = []
+    save = trainables.loop._save_checkpoint
+
+    def counted_save(path: Path, epoch: int, *args: object) -> None:
+        saved.append(epoch)
+        save(path, epoch, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainables.loop, "_save_checkpoint", counted_save)
+    for _ in fit(tiny.replace(epochs=8), checkpoint=tmp_path / "run.pt", checkpoint_every=10.0):
+        clock[0] += 4.0
+    # epoch k ends at 1000 + 4(k - 1): saved at the first epoch end 10 s after the start (epoch 4, at 1012),
+    # then 10 s after that save (epoch 7, at 1024); the last epoch gets no save of its own
+    assert saved == [4, 7]
+    assert torch.load(tmp_path / "run.pt", weights_only=False)["epoch"] == 7
+
+    saved.clear()
+    for _ in fit(tiny.replace(epochs=3), checkpoint=tmp_path / "short.pt", checkpoint_every=60.0):
+        clock[0] += 4.0
+    assert saved == [] and not (tmp_path / "short.pt").exists()  # a short run never pays for a checkpoint
 
 
 def _run_interrupted_after_3_of_5(config: TrainConfig, checkpoint: Path) -> tuple[list[EpochResult], list[EpochResult]]:

@@ -32,7 +32,9 @@ def quality(config: TrainConfig) -> float:
     return max(0.1, 0.9 - 0.25 * abs(math.log10(config.lr) + 2.0))
 
 
-def curve_fit(config: TrainConfig, checkpoint: str | Path | None = None) -> Generator[EpochResult, None, None]:
+def curve_fit(
+    config: TrainConfig, checkpoint: str | Path | None = None, checkpoint_every: float = 0.0
+) -> Generator[EpochResult, None, None]:
     """Accuracy rises towards `quality(config)`, so bad learning rates show early."""
     q = quality(config)
     for epoch in range(1, config.epochs + 1):
@@ -40,7 +42,9 @@ def curve_fit(config: TrainConfig, checkpoint: str | Path | None = None) -> Gene
 
 
 def failing_fit(error: BaseException, at_epoch: int = 2) -> Callable[..., Generator[EpochResult, None, None]]:
-    def fit(config: TrainConfig, checkpoint: str | Path | None = None) -> Generator[EpochResult, None, None]:
+    def fit(
+        config: TrainConfig, checkpoint: str | Path | None = None, checkpoint_every: float = 0.0
+    ) -> Generator[EpochResult, None, None]:
         for epoch in range(1, config.epochs + 1):
             if epoch == at_epoch:
                 raise error
@@ -49,7 +53,9 @@ def failing_fit(error: BaseException, at_epoch: int = 2) -> Callable[..., Genera
     return fit
 
 
-def diverging_fit(config: TrainConfig, checkpoint: str | Path | None = None) -> Generator[EpochResult, None, None]:
+def diverging_fit(
+    config: TrainConfig, checkpoint: str | Path | None = None, checkpoint_every: float = 0.0
+) -> Generator[EpochResult, None, None]:
     """Diverges at epoch 2 when lr > 0.1, else a normal curve."""
     for epoch in range(1, config.epochs + 1):
         if config.lr > 0.1 and epoch == 2:

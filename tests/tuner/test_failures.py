@@ -33,7 +33,9 @@ def test_cuda_out_of_memory_fails_the_trial_frees_its_memory_and_the_study_goes_
     seen_at_next_start: list[tuple[bool, int]] = []
     baseline = torch.cuda.memory_allocated() if CUDA else 0
 
-    def fit(config: TrainConfig, checkpoint: Path | None = None) -> Iterator[EpochResult]:
+    def fit(
+        config: TrainConfig, checkpoint: Path | None = None, checkpoint_every: float = 0.0
+    ) -> Iterator[EpochResult]:
         if not held:  # the first trial: grab memory, then run out of it
             weights = torch.ones(64 * 2**20 // 4, device=device)  # 64 MiB the trial holds when it fails
             held.append(weakref.ref(weights))

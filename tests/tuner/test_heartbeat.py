@@ -90,6 +90,7 @@ def test_dead_workers_trial_is_detected_closed_retried_and_resumed(
     runner = make_runner(spec, options, tracking, fit=curve_fit)
     assert isinstance(runner, TrialRunner)
     study.tell(retry, runner(retry))
+    tracking.sync()  # the trial's records are written by the helper process
 
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
     retry_run = client.get_run(study.trials[1].user_attrs[RUN_ID_ATTR])
@@ -109,7 +110,9 @@ def test_a_live_trial_failed_as_stale_under_its_worker_stops_and_the_worker_goes
     study, tracking = prepare_study(spec, options)
     handler = study._storage.get_heartbeat_stale_trial_callback()
 
-    def paused_fit(config: TrainConfig, checkpoint: Path | None = None) -> Iterator[EpochResult]:
+    def paused_fit(
+        config: TrainConfig, checkpoint: Path | None = None, checkpoint_every: float = 0.0
+    ) -> Iterator[EpochResult]:
         for result in curve_fit(config, checkpoint):
             if checkpoint is not None:
                 checkpoint.parent.mkdir(parents=True, exist_ok=True)

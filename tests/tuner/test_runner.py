@@ -154,6 +154,7 @@ def test_real_training_study_end_to_end(options: RunOptions) -> None:
         "batch_size": 100,
         "device": "cpu",
     }
+    options = replace(options, checkpoint_every=0)  # a checkpoint every epoch, removed at the end
     study = run_study(StudySpec(name="real", space=space, pruner="none", n_trials=3), options)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3

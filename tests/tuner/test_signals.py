@@ -32,7 +32,7 @@ def load(tmp_path: Path, name: str) -> optuna.Study:
 def test_sigterm_closes_the_trial_requeues_it_and_the_next_run_resumes_it(tmp_path: Path, fake_mnist: str) -> None:
     script = write_script(tmp_path / "study.py", fake_mnist, "term", SLOW_SPACE, "n_trials=2, pruner='none'")
     log = tmp_path / "run.log"
-    proc = start_tuner(tmp_path, "run", str(script), "--quiet", "--no-report", log=log)
+    proc = start_tuner(tmp_path, "run", str(script), "--quiet", "--no-report", "--checkpoint-every", "0", log=log)
     checkpoint = wait_for(
         lambda: next((tmp_path / "mlruns" / "checkpoints").rglob("trial-0.pt"), None), "trial 0 to checkpoint"
     )
@@ -75,7 +75,9 @@ def test_sigterm_closes_the_trial_requeues_it_and_the_next_run_resumes_it(tmp_pa
 def test_sigint_to_the_launcher_stops_every_worker_cleanly(tmp_path: Path, fake_mnist: str) -> None:
     script = write_script(tmp_path / "study.py", fake_mnist, "int", SLOW_SPACE, "n_trials=6, pruner='none'")
     log = tmp_path / "run.log"
-    proc = start_tuner(tmp_path, "run", str(script), "--workers", "2", "--quiet", "--no-report", log=log)
+    proc = start_tuner(
+        tmp_path, "run", str(script), "--workers", "2", "--quiet", "--no-report", "--checkpoint-every", "0", log=log
+    )
     wait_for(lambda: next((tmp_path / "mlruns" / "checkpoints").rglob("trial-*.pt"), None), "a trial to checkpoint")
     proc.send_signal(signal.SIGINT)  # as Ctrl-C would; the launcher passes it on to its workers
     assert finish(proc) == 130, log.read_text()

@@ -78,7 +78,9 @@ def test_four_workers_share_one_study_and_its_budget(
         monkeypatch.setenv(name, value)  # the workers' environment
     monkeypatch.chdir(tmp_path)
     script = write_script(tmp_path / "study.py", fake_mnist, "four", spec_args="n_trials=10, pruner='none'")
-    options = RunOptions(workers=4, storage=storage, tracking_uri=tracking_uri, quiet=True, report=False)
+    options = RunOptions(
+        workers=4, storage=storage, tracking_uri=tracking_uri, quiet=True, report=False, checkpoint_every=0
+    )
     try:
         run_study(load_study_script(str(script)), options)
     except WorkersFailed as exc:
@@ -131,7 +133,8 @@ def test_chaos_a_worker_killed_mid_trial_is_retried_and_resumes_from_its_checkpo
     def worker(index: int) -> object:
         return start_tuner(
             tmp_path, "worker", "--study", "chaos", "--worker-index", str(index), "--threads", "1",
-            "--checkpoint-dir", str(tmp_path / "ckpt"), *flags, log=tmp_path / f"worker{index}.log",
+            "--checkpoint-dir", str(tmp_path / "ckpt"), "--checkpoint-every", "0", *flags,
+            log=tmp_path / f"worker{index}.log",
             env=tuner_env(TUNER_GRACE_SECONDS="5"),  # the dead worker's trial is retried 5 s after its last beat
         )  # fmt: skip
 

@@ -1,0 +1,94 @@
+"""The journal storage's combined writes and heartbeats, read back by a fresh storage as other workers would."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+from tuner.journal import HEARTBEAT_ATTR, HeartbeatJournalStorage
+
+
+def storage_at(path: Path) -> HeartbeatJournalStorage:
+    return HeartbeatJournalStorage(
+        str(path), heartbeat_interval=None, grace_period=2, heartbeat_stale_trial_callback=None
+    )
+
+
+def counted_appends(storage: HeartbeatJournalStorage, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of logs in each append to the journal file."""
+    appends: list[int] = []
+    append = storage._backend.append_logs
+
+    def counting(logs: list[dict[str, Any]]) -> None:
+        appends.append(len(logs))
+        append(logs)
+
+    monkeypatch.setattr(storage._backend, "append_logs", counting)
+    return appends
+
+
+def test_a_trials_params_and_attributes_go_in_one_append_and_read_back_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = storage_at(tmp_path / "optuna.journal")
+    study = optuna.create_study(study_name="combined", storage=storage)
+    trial = study.ask()
+    appends = counted_appends(storage, monkeypatch)
+    with storage.combined_writes():
+        params = {
+            "lr": trial.suggest_float("lr", 1e-4, 1.0, log=True),
+            "optimizer": trial.suggest_categorical("optimizer", ["adam", "sgd"]),
+            "batch_size": trial.suggest_int("batch_size", 16, 256),
+        }
+        trial.set_user_attr("mlflow_run_id", "abc")
+        trial.set_user_attr("worker", "host:1")
+        assert appends == []  # held back
+        assert trial.params == params  # the trial's own copy is up to date meanwhile
+    assert appends == [5]
+    trial.report(0.5, 1)  # outside the block: written at once
+    assert appends == [5, 1]
+
+    other_worker = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.journal")))
+    (read,) = optuna.load_study(study_name="combined", storage=other_worker).trials
+    assert read.params == params and read.user_attrs == {"mlflow_run_id": "abc", "worker": "host:1"}
+    assert read.intermediate_values == {1: 0.5}
+
+
+def test_held_writes_are_appended_even_when_the_block_fails(tmp_path: Path) -> None:
+    storage = storage_at(tmp_path / "optuna.journal")
+    study = optuna.create_study(study_name="failing", storage=storage)
+    trial = study.ask()
+    with pytest.raises(ValueError, match="bad config"), storage.combined_writes():
+        trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        raise ValueError("bad config")
+    assert "lr" in storage_at(tmp_path / "optuna.journal").get_trial(trial._trial_id).params
+
+
+def test_other_threads_write_at_once_during_a_combined_block(tmp_path: Path) -> None:
+    storage = storage_at(tmp_path / "optuna.journal")
+    study = optuna.create_study(study_name="threads", storage=storage)
+    trial = study.ask()
+    with storage.combined_writes():
+        trial.set_user_attr("held", True)
+        beat = threading.Thread(target=lambda: storage.set_trial_system_attr(trial._trial_id, "beat", 1.0))
+        beat.start()
+        beat.join()
+        fresh = storage_at(tmp_path / "optuna.journal").get_trial(trial._trial_id)
+        assert fresh.system_attrs.get("beat") == 1.0 and "held" not in fresh.user_attrs
+    assert storage_at(tmp_path / "optuna.journal").get_trial(trial._trial_id).user_attrs == {"held": True}
+
+
+def test_the_first_heartbeat_is_the_trials_start_and_later_ones_are_written(tmp_path: Path) -> None:
+    storage = storage_at(tmp_path / "optuna.journal")
+    study = optuna.create_study(study_name="beats", storage=storage)
+    trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)  # Optuna's heartbeat thread beats once as the trial starts
+    assert HEARTBEAT_ATTR not in storage.get_trial(trial._trial_id).system_attrs
+    assert storage._get_stale_trial_ids(study._study_id) == []  # its start time counts as a beat
+    storage.record_heartbeat(trial._trial_id)
+    assert HEARTBEAT_ATTR in storage.get_trial(trial._trial_id).system_attrs
