@@ -10,8 +10,8 @@
    run, params, 10 x 7 metrics, state tags, config.json and history.csv, terminate), on SQLite
    in WAL mode (tuner's default), on SQLite with MLflow's own rollback journal, and through a
    tracking server (`mlflow server --backend-store-uri sqlite:///... --workers 1`, started and
-   stopped here); each written by tuner's writer process (the default) and inline by the
-   training process (`TUNER_RECORD_WRITER=inline`). Figures: the time the trial's process spends
+   stopped here); each written by tuner's writer process (its default for a server) and inline
+   by the training process (its default for SQLite). Figures: the time the trial's process spends
    in tracking calls (its wait), and the time until every record is written (the throughput).
 
 PostgreSQL: `--postgres-url URL` uses that server (give one the user may create tables in);
@@ -126,8 +126,9 @@ def child_run_cost(tracking_uri: str, runs: int, wal: bool = True, inline: bool 
         tracking = tuner.tracking.StudyTracking(tracking_uri, study, {"sampler": "random"}, {})
     finally:
         tuner.tracking.use_wal = use_wal
-    if inline:
-        tracking.writer = RecordWriter(inline=True)
+    tracking.writer = RecordWriter(inline=inline)
+    tracking.writer.write(tracking_uri, "connect")  # the helper's start-up is set-up, not part of a run
+    tracking.writer.sync()
     config = TrainConfig(epochs=EPOCHS)
     params = {"optimizer": "adam", "lr": 0.01, "batch_size": 100}
     start = time.perf_counter()
@@ -143,6 +144,7 @@ def child_run_cost(tracking_uri: str, runs: int, wal: bool = True, inline: bool 
     tracking.sync()
     written = time.perf_counter() - start
     tracking.finish_study()
+    tracking.writer.close()
     return waited / runs * 1000, written / runs * 1000
 
 

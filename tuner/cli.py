@@ -70,7 +70,9 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="sampler seed (default: the study's)")
     parser.add_argument("--study-name", help="study name (default: the study's)")
     parser.add_argument("--quiet", action="store_true", help="no live progress display")
-    parser.add_argument("--keep-checkpoints", action="store_true", help="keep per-trial checkpoints after trials end")
+    parser.add_argument(
+        "--keep-checkpoints", action="store_true", help="save every epoch and keep each trial's last checkpoint"
+    )
     parser.add_argument("--checkpoint-dir", help="where trials checkpoint (shared by all hosts' workers)")
     add_checkpoint_every_flag(parser)
     parser.add_argument("--no-report", dest="report", action="store_false", help="do not write the report at the end")
@@ -133,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     worker.add_argument("--checkpoint-dir", help="where trials checkpoint (shared by all hosts' workers)")
     add_checkpoint_every_flag(worker)
-    worker.add_argument("--keep-checkpoints", action="store_true", help="keep per-trial checkpoints after trials end")
+    worker.add_argument(
+        "--keep-checkpoints", action="store_true", help="save every epoch and keep each trial's last checkpoint"
+    )
     worker.add_argument("--quiet", action="store_true", help="print nothing but errors")
     worker.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 

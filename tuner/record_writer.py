@@ -1,15 +1,20 @@
-"""MLflow writes on a helper process, so that a trial's records cost its training process a pipe write.
+"""MLflow writes to a tracking server on a helper process, so that they cost a trial a pipe write.
 
-Each MLflow write is a few ms of SQLAlchemy work on SQLite (an HTTP request on a tracking
-server), and a trial's closing record (final metrics, state, artifacts) was the largest cost
-per trial of the platform (bench/platform_overhead.py). A thread cannot take it off the
-training process: the GIL serialises it with the training loop. The helper, started on the
-first write, applies the writes in the order they were sent while the next trial trains;
-`sync()` returns once it has applied everything sent before.
+A trial's records after its run is created (metrics, state tags, artifacts, the run's end)
+are a few MLflow requests, each an HTTP round trip to a tracking server (16 ms or more) that
+the training process would sit waiting for. The helper, started on the first write, applies
+the writes in the order they were sent while the next trial trains; `sync()` returns once it
+has applied everything sent before. A thread could not do this: the GIL serialises its
+MLflow client code with the training loop.
+
+To a local store (SQLite) the training process writes itself: there a write is CPU work,
+not waiting, and on a 2-core machine a helper doing it beside the training slowed the
+training by more than it saved (bench/RESULTS.md). `TUNER_RECORD_WRITER=process` uses the
+helper for every store (machines with cores to spare), `inline` for none.
 
 The helper ignores SIGINT and SIGTERM (its parent handles them, syncs and closes the pipe)
 and stops at the end of its input, so it also applies what a parent killed by SIGKILL had
-sent. `TUNER_RECORD_WRITER=inline` makes the training process write itself.
+sent.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-MODE_ENV = "TUNER_RECORD_WRITER"  # "process" (the default) or "inline"
+MODE_ENV = "TUNER_RECORD_WRITER"  # "process", "inline", or unset: the helper for tracking servers only
 _HEADER = struct.Struct("<I")  # the length of each pickled message
 _SYNC = "sync"
 
@@ -63,15 +68,25 @@ def apply(client: MlflowClient, op: str, args: tuple[Any, ...]) -> None:
 
 
 class RecordWriter:
-    """The parent's end: `write` sends, `sync` waits; falls back to writing inline if the helper is gone."""
+    """The parent's end: `write` sends or writes, `sync` waits; writes inline if the helper is gone.
+
+    `inline`: True writes everything here, False sends everything to the helper, None (the
+    default) follows TUNER_RECORD_WRITER, and without it sends only what goes to a server.
+    """
 
     def __init__(self, inline: bool | None = None) -> None:
-        self.inline = os.environ.get(MODE_ENV, "process") == "inline" if inline is None else inline
+        mode = os.environ.get(MODE_ENV, "")
+        self.inline = {"inline": True, "process": False}.get(mode) if inline is None else inline
         self._helper: subprocess.Popen[bytes] | None = None
         self._clients: dict[str, MlflowClient] = {}
 
+    def uses_helper(self, tracking_uri: str) -> bool:
+        if self.inline is None:
+            return tracking_uri.startswith(("http://", "https://"))
+        return not self.inline
+
     def write(self, tracking_uri: str, op: str, *args: Any) -> None:
-        if not self.inline:
+        if self.uses_helper(tracking_uri):
             try:
                 self._send(tracking_uri, op, args)
                 return

@@ -127,7 +127,8 @@ def make_runner(spec: StudySpec, options: RunOptions, tracking: StudyTracking, f
         metric=spec.metric,
         overrides={"device": device} if device else {},
         checkpoint_dir=checkpoint_dir(options),
-        checkpoint_every=options.checkpoint_every,
+        # kept checkpoints are for using the trained models: each must hold its trial's last epoch
+        checkpoint_every=0.0 if options.keep_checkpoints else options.checkpoint_every,
         keep_checkpoints=options.keep_checkpoints,
     )
     if fit is not None:

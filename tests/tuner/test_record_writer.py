@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -12,8 +14,63 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from tests.tuner.fakes import curve_fit
 from tests.tuner.procs import REPO, wait_for
-from tuner.record_writer import MODE_ENV, RecordWriter
+from tuner.record_writer import MODE_ENV, RecordWriter, writer
+from tuner.runner import run_study
+from tuner.servers import start_mlflow
+from tuner.space import Float
+from tuner.study import RunOptions, StudySpec
+from tuner.tracking import PARENT_RUN_ATTR
+
+SPACE = {"lr": Float(1e-4, 1e-1, log=True), "epochs": 3}
+
+
+def test_by_default_only_writes_to_a_tracking_server_go_through_the_helper(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(MODE_ENV, raising=False)
+    writer = RecordWriter()
+    assert writer.uses_helper("http://127.0.0.1:5000") and writer.uses_helper("https://mlflow.example.com")
+    assert not writer.uses_helper("sqlite:///mlruns/mlflow.db")  # local: CPU work, done in the trial's process
+    monkeypatch.setenv(MODE_ENV, "process")
+    assert RecordWriter().uses_helper("sqlite:///mlruns/mlflow.db")
+    monkeypatch.setenv(MODE_ENV, "inline")
+    assert not RecordWriter().uses_helper("http://127.0.0.1:5000")
+
+
+def test_a_study_tracked_on_a_tracking_server_is_written_whole_through_the_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(MODE_ENV, raising=False)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(store).search_experiments()  # creates the store the server serves
+    with start_mlflow(store, free_port()) as server:
+        options = RunOptions(
+            storage=str(tmp_path / "optuna.journal"), tracking_uri=server.url, quiet=True, report=False
+        )
+        study = run_study(StudySpec(name="served", space=SPACE, pruner="none", n_trials=3), options, fit=curve_fit)
+        assert writer()._helper is not None  # the server's writes went through the helper
+        client = MlflowClient(server.url)
+        experiment = client.get_experiment_by_name("served")
+        assert experiment is not None
+        runs = {
+            r.data.tags["optuna.trial_number"]: r
+            for r in client.search_runs([experiment.experiment_id], "tags.`tuner.role` = 'trial'")
+        }
+        assert sorted(runs) == [str(t.number) for t in study.trials]
+        for trial in study.trials:
+            run = runs[str(trial.number)]
+            assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
+            assert run.data.params["lr"] == str(trial.params["lr"])
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2, 3]
+            assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ["config.json", "history.csv"]
+        parent = client.get_run(study.user_attrs[PARENT_RUN_ATTR])
+        assert parent.info.status == "FINISHED" and parent.data.metrics["best_value"] == study.best_value
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def new_run(tracking_uri: str) -> tuple[MlflowClient, str, str]:
@@ -54,7 +111,7 @@ def test_a_failed_write_is_reported_and_the_later_ones_still_apply(
 ) -> None:
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client, run_id, _ = new_run(tracking_uri)
-    writer = RecordWriter()
+    writer = RecordWriter(inline=False)
     try:
         writer.write(tracking_uri, "set_terminated", "no-such-run", "FINISHED")
         writer.write(tracking_uri, "set_terminated", run_id, "FAILED")
@@ -69,7 +126,7 @@ def test_a_failed_write_is_reported_and_the_later_ones_still_apply(
 def test_a_helper_that_dies_is_replaced_by_inline_writes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client, run_id, _ = new_run(tracking_uri)
-    writer = RecordWriter()
+    writer = RecordWriter(inline=False)
     writer.write(tracking_uri, "connect")
     writer.sync()
     assert writer._helper is not None
@@ -96,7 +153,13 @@ def test_writes_sent_by_a_parent_killed_with_sigkill_are_still_applied(tmp_path:
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     proc = subprocess.run(
-        [sys.executable, "-c", parent], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", parent],
+        cwd=REPO,
+        env={**os.environ, MODE_ENV: "process"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert proc.stdout.split()[0].isdigit()  # the helper was started before the kill

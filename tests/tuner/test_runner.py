@@ -164,3 +164,14 @@ def test_real_training_study_end_to_end(options: RunOptions) -> None:
         assert 0.0 < run.data.metrics["val_acc"] <= 1.0 and run.data.metrics["test_acc"] > 0.1
         assert run.data.params["optimizer"] == "adam"
     assert not any(Path(options.storage).parent.joinpath("checkpoints").rglob("*.pt"))  # removed when trials end
+
+
+def test_kept_checkpoints_hold_each_trials_trained_model(options: RunOptions) -> None:
+    """--keep-checkpoints: saved after every epoch whatever --checkpoint-every says, so each holds the last."""
+    space = {"lr": Float(1e-3, 3e-2, log=True), "epochs": 2, "train_samples": 200, "device": "cpu"}
+    options = replace(options, keep_checkpoints=True)  # checkpoint_every stays at its 30 s default
+    study = run_study(StudySpec(name="kept", space=space, pruner="none", n_trials=2), options)
+    kept = sorted(Path(options.storage).parent.joinpath("checkpoints").rglob("trial-*.pt"))
+    assert [p.name for p in kept] == [f"trial-{t.number}.pt" for t in study.trials]
+    for path in kept:
+        assert torch.load(path, weights_only=False)["epoch"] == 2
