@@ -179,17 +179,18 @@ def work(
 
 def freeze_heap() -> None:
     """Take what is alive now (torch, MLflow, SQLAlchemy, Optuna: some 500,000 objects) out of the
-    cyclic garbage collector's scans.
+    cyclic garbage collector's scans, once per process.
 
-    Trials allocate enough for a full collection every few trials, and each one walked all of
-    those long-lived objects: about 140 ms, 8 ms per 5-epoch MNIST-1D trial on average, the
-    largest single cost per trial in bench/platform_overhead.py. Frozen objects are still
-    freed by reference counting; garbage cycles among them are collected first.
+    The garbage trials leave triggers a full collection every few dozen trials, and each one
+    walked all of those long-lived objects: 140-380 ms in bench/platform_overhead.py, a few
+    ms per short trial on average. Frozen objects are still freed by reference counting;
+    garbage cycles among them are collected first.
     """
     import gc
 
-    gc.collect()
-    gc.freeze()
+    if gc.get_freeze_count() == 0:
+        gc.collect()
+        gc.freeze()
 
 
 def budget_left(study: Any, trials: Sequence[FrozenTrial]) -> bool:
