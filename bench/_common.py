@@ -51,16 +51,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine() -> str:
-    """One line: date, CPU, cores, Python, torch, and the load average when the run ended."""
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def machine(device: Any = None) -> str:
+    """One line: date, CPU, cores, Python, torch, the device (and GPU) when given, the load average now."""
     import torch
 
-    cpu = cpu_name()
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"{datetime.date.today()} · {cpu} · {os.cpu_count()} cores · Python {platform.python_version()} · "
-        f"torch {torch.__version__} · torch threads {torch.get_num_threads()} · load average (1/5/15 min) {load}"
+    line = (
+        f"{datetime.date.today()} · {cpu_name()} · {os.cpu_count()} cores · Python {platform.python_version()} · "
+        f"torch {torch.__version__} · torch threads {torch.get_num_threads()}"
     )
+    if device is not None:
+        line += f" · device {device}"
+        if torch.device(device).type == "cuda":
+            line += f" ({torch.cuda.get_device_name(device)})"
+    return f"{line} · load average (1/5/15 min) {load_average()}"
 
 
 def fixed_configs(n: int, epochs: int, seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -33,9 +33,6 @@ Cases:
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import statistics
 import sys
 import time
@@ -50,7 +47,7 @@ from torch.utils.data import DataLoader, TensorDataset
 # the repository root, so that the script also runs where the project is not installed (e.g. a GPU box)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import cpu_name
+from _common import load_average, machine
 
 from trainables import TrainConfig, build_model, fit_splits, load_splits
 from trainables.data import Splits
@@ -173,28 +170,6 @@ def run_case(case: Case, device: torch.device, repeats: int, epochs: int | None)
     }
 
 
-def machine(device: torch.device) -> str:
-    cpu = cpu_name()
-    parts = [
-        f"date {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"cpu {cpu} ({os.cpu_count()} logical cores, torch threads {torch.get_num_threads()})",
-        f"torch {torch.__version__}",
-        f"python {platform.python_version()}",
-        f"device {device}",
-    ]
-    if device.type == "cuda":
-        parts.append(f"gpu {torch.cuda.get_device_name(device)}")
-    return "\n".join("  " + p for p in parts)
-
-
-def load() -> str:
-    try:
-        one, five, fifteen = os.getloadavg()
-    except OSError:
-        return "load average unknown"
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -236,11 +211,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(threads)
     cases = args.cases or (["mnist1d", "cifar"] if device.type == "cuda" else ["mnist1d"])
     print("trainable throughput: (a) PyTorch tutorial loop vs (b) trainables.fit")
-    print(machine(device))
-    print(f"  {load()} (before)")
+    print(machine(device))  # its load average: before the run
     started = time.perf_counter()
     results = [run_case(CASE_TABLE[name], device, args.repeats, args.epochs) for name in cases]
-    print(f"\n  {load()} (after); {time.perf_counter() - started:.0f} s in all")
+    print(f"\nload average (1/5/15 min) {load_average()} after; {time.perf_counter() - started:.0f} s in all")
     print(
         f"\n{'case':<8} {'tutorial (a)':>14} {'ours (b)':>14} {'b/a':>6}  paired b/a range   [training samples/s, median]"
     )

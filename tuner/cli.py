@@ -70,16 +70,13 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="sampler seed (default: the study's)")
     parser.add_argument("--study-name", help="study name (default: the study's)")
     parser.add_argument("--quiet", action="store_true", help="no live progress display")
-    parser.add_argument(
-        "--keep-checkpoints", action="store_true", help="save every epoch and keep each trial's last checkpoint"
-    )
-    parser.add_argument("--checkpoint-dir", help="where trials checkpoint (shared by all hosts' workers)")
-    add_checkpoint_every_flag(parser)
+    add_checkpoint_flags(parser)
     parser.add_argument("--no-report", dest="report", action="store_false", help="do not write the report at the end")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
-def add_checkpoint_every_flag(parser: argparse.ArgumentParser) -> None:
+def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint-dir", help="where trials checkpoint (shared by all hosts' workers)")
     parser.add_argument(
         "--checkpoint-every",
         type=float,
@@ -87,6 +84,9 @@ def add_checkpoint_every_flag(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="checkpoint a trial at the end of an epoch once this long has passed since its last checkpoint; "
         "a killed trial resumes from there (default 30; 0: every epoch)",
+    )
+    parser.add_argument(
+        "--keep-checkpoints", action="store_true", help="save every epoch and keep each trial's last checkpoint"
     )
 
 
@@ -133,11 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     worker.add_argument("--worker-index", type=int, help="offsets the sampler seed (default: the process id)")
     worker.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    worker.add_argument("--checkpoint-dir", help="where trials checkpoint (shared by all hosts' workers)")
-    add_checkpoint_every_flag(worker)
-    worker.add_argument(
-        "--keep-checkpoints", action="store_true", help="save every epoch and keep each trial's last checkpoint"
-    )
+    add_checkpoint_flags(worker)
     worker.add_argument("--quiet", action="store_true", help="print nothing but errors")
     worker.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 

@@ -168,7 +168,7 @@ def serve(messages: IO[bytes], replies: IO[bytes]) -> None:
     from tuner.tracking import quiet_mlflow
 
     quiet_mlflow()
-    clients: dict[str, MlflowClient] = {}
+    local = RecordWriter(inline=True)  # applies each write here, with a client per tracking URI
     while header := messages.read(_HEADER.size):
         tracking_uri, op, args = pickle.loads(messages.read(_HEADER.unpack(header)[0]))
         if op == _SYNC:
@@ -176,11 +176,7 @@ def serve(messages: IO[bytes], replies: IO[bytes]) -> None:
             replies.flush()
             continue
         try:
-            if tracking_uri not in clients:
-                from mlflow import MlflowClient
-
-                clients[tracking_uri] = MlflowClient(tracking_uri)
-            apply(clients[tracking_uri], op, args)
+            local.write(tracking_uri, op, *args)
         except Exception as exc:  # one lost write must not stop the others
             print(
                 f"tuner: MLflow write {op} {args[:1]} to {redact(tracking_uri)} failed: {exc}",

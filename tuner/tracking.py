@@ -4,8 +4,8 @@ Everything goes through `MlflowClient` with explicit run ids, never the process-
 "active run", so several workers (threads, processes, hosts) can log side by side.
 Per-epoch metrics are buffered and sent with `log_batch`, at most every `FLUSH_SECONDS`
 and at the end of the trial. What a trial logs after its run is created goes through the
-process's `RecordWriter` (tuner/record_writer.py), off the training process's path;
-`StudyTracking.sync` waits until it is all written.
+process's `RecordWriter` (tuner/record_writer.py), which sends it to a helper process when
+the store is a tracking server; `StudyTracking.sync` waits until it is all written.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class TrialRun:
     run's tags go with its creation; the params wait for the first batch of metrics (at most
     FLUSH_SECONDS after the first epoch, or when the trial ends); the final metrics and state
     tags share one batch; artifacts go straight to the run's artifact location. All but the
-    creation go through the writer, so the trial does not wait for them.
+    creation go through the writer, so with a tracking server the trial does not wait for them.
     """
 
     def __init__(
