@@ -7,7 +7,9 @@ epochs fixed, MNIST-1D, CPU) is trained in four arms:
 (b) tuner:  `tuner.runner.run_study` with everything it does by default: journal-file
             Optuna storage with heartbeats, SQLite MLflow with a parent run, a child run per
             trial with params, per-epoch metrics, state tags and artifacts (config.json,
-            history.csv), per-epoch checkpoints, the best result on the parent run.
+            history.csv), checkpoints every 30 s, the best result on the parent run. The
+            MLflow writes go through tuner's writer process when a CPU is spare (with one
+            torch thread on 2 CPUs or more), as `tuner run` does; its CPU is counted.
 (c) optuna: plain Optuna on SQLite with optuna-integration's `MLflowCallback` (one run per
             trial: the final value and the params), what an Optuna user writes today.
 (d) ray:    Ray Tune `Tuner` with `OptunaSearch`, an `ASHAScheduler` and Ray's

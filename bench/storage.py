@@ -139,6 +139,8 @@ def child_run_cost(tracking_uri: str, runs: int, wal: bool = True, inline: bool 
             run.log_epoch(
                 EpochResult(epoch, 0.5, 0.8, 0.6, 0.8, 0.01, 0.1, 5e4, 0.6 if last else None, 0.8 if last else None)
             )
+            if epoch == 1:
+                assert run.run_id is not None  # asked for with the first report, as a trial does
         run.finish("COMPLETE")
     waited = time.perf_counter() - start
     tracking.sync()

@@ -8,6 +8,7 @@ in `classify`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import logging
 import os
@@ -25,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 import trainables
 from tuner.space import Space, suggest
 from tuner.storage import MAX_RETRY
-from tuner.tracking import RUN_ID_ATTR, StudyTracking
+from tuner.tracking import RUN_ID_ATTR, StudyTracking, TrialRun
 
 FitFn = Callable[..., Generator["trainables.EpochResult", None, None]]  # a string: torch loads with the first trial
 REASON_ATTR = "reason"  # trial user attribute: why a trial was pruned or failed
@@ -92,6 +93,7 @@ class TrialRunner:
         checkpoint = self._checkpoint_path(first_number)
         config: trainables.TrainConfig | None = None
         run = None
+        recorded_run = False
         epochs_done = 0
         try:
             with combined_writes(trial):  # the params and attributes below: one storage write, not a dozen
@@ -103,7 +105,6 @@ class TrialRunner:
                     trial.number, trial.params, config, retry_of_run, attempt_of_trial=first_number, worker=worker
                 )
                 trial.set_user_attr(ATTEMPT_OF_ATTR, first_number)
-                trial.set_user_attr(RUN_ID_ATTR, run.run_id)
                 trial.set_user_attr(WORKER_ATTR, worker)
             value = None
             epochs = self.fit(config, checkpoint=checkpoint, checkpoint_every=self.checkpoint_every)
@@ -112,7 +113,13 @@ class TrialRunner:
                     run.log_epoch(result)
                     epochs_done = result.epoch
                     value = float(getattr(result, self.metric))
-                    trial.report(value, result.epoch)
+                    if recorded_run:
+                        trial.report(value, result.epoch)
+                    else:  # the run id goes with the first report: the writer has created the run by now
+                        with combined_writes(trial):
+                            record_run_id(trial, run)
+                            trial.report(value, result.epoch)
+                        recorded_run = True
                     if trial.should_prune():
                         raise optuna.TrialPruned()
             finally:
@@ -126,7 +133,10 @@ class TrialRunner:
             state, reason = classify(exc, config, epochs_done)
             taken_over = isinstance(exc, optuna.exceptions.UpdateFinishedTrialError)
             if not taken_over:  # a taken-over trial is finished: Optuna refuses any write to it
-                self._record(trial, state, reason, epochs_done)
+                with combined_writes(trial):
+                    if run is not None and not recorded_run:
+                        record_run_id(trial, run)
+                    self._record(trial, state, reason, epochs_done)
             if run is not None:
                 run.finish(state, reason, error=exc if state == "FAIL" and not taken_over else None)
             if state == "KILLED":  # queued again; its retry resumes from the checkpoint kept here
@@ -157,6 +167,18 @@ class TrialRunner:
     def _remove_checkpoint(self, path: Path | None) -> None:
         if path is not None and not self.keep_checkpoints:
             path.unlink(missing_ok=True)
+
+
+def record_run_id(trial: optuna.Trial, run: TrialRun) -> None:
+    """Put the trial's MLflow run id in its user attributes (RUN_ID_ATTR), unless the run's creation failed.
+
+    Not at the trial's start: the writer may still be creating the run then. A trial whose
+    worker dies before its first report has no RUN_ID_ATTR; `StaleTrialHandler` finds its
+    run by its tags.
+    """
+    run_id = run.run_id
+    if run_id is not None:
+        trial.set_user_attr(RUN_ID_ATTR, run_id)
 
 
 def combined_writes(trial: optuna.Trial) -> contextlib.AbstractContextManager[None]:
@@ -208,9 +230,12 @@ class StaleTrialHandler:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         worker = trial.user_attrs.get(WORKER_ATTR, "unknown")
         try:
-            self.tracking.close_dead_attempt(
+            run_id = self.tracking.close_dead_attempt(
                 trial.number, trial.user_attrs.get(RUN_ID_ATTR), f"{WORKER_DIED} ({worker})"
             )
+            if run_id is not None and RUN_ID_ATTR not in trial.user_attrs:  # died before its first report
+                trial = copy.copy(trial)
+                trial.user_attrs = {**trial.user_attrs, RUN_ID_ATTR: run_id}  # so that the retry links to the run
         except Exception as exc:  # MLflow unreachable: the retry matters more than the record
             logging.getLogger(__name__).warning("could not close the run of dead trial %d: %s", trial.number, exc)
         self.retry(study, trial)

@@ -1,16 +1,21 @@
-"""MLflow writes to a tracking server on a helper process, so that they cost a trial a pipe write.
+"""MLflow writes on a helper process, so that a trial's records cost it a pipe write.
 
-A trial's records after its run is created (metrics, state tags, artifacts, the run's end)
-are a few MLflow requests, each an HTTP round trip to a tracking server (16 ms or more) that
-the training process would sit waiting for. The helper, started on the first write, applies
-the writes in the order they were sent while the next trial trains; `sync()` returns once it
-has applied everything sent before. A thread could not do this: the GIL serialises its
-MLflow client code with the training loop.
+A trial's records (its run's creation, metrics, state tags, artifacts, the run's end) are a
+few MLflow calls: on a tracking server each is an HTTP round trip (16 ms or more) that the
+training process would sit waiting for; on SQLite each is a few ms of SQLAlchemy work. The
+helper, started on the first write, applies the writes in the order they were sent while
+the trial trains; `sync()` returns once it has applied everything sent before. A thread
+could not do this: the GIL serialises its MLflow client code with the training loop.
 
-To a local store (SQLite) the training process writes itself: there a write is CPU work,
-not waiting, and on a 2-core machine a helper doing it beside the training slowed the
-training by more than it saved (bench/RESULTS.md). `TUNER_RECORD_WRITER=process` uses the
-helper for every store (machines with cores to spare), `inline` for none.
+A run is created on the helper too: `create_run` returns a key at once, the later writes
+name the run by that key, and `run_id(key)` asks for the real id when it is needed (by
+then the helper has long created the run).
+
+The helper is used for tracking servers, and for local stores (SQLite) when the process
+has a CPU to spare beyond torch's threads: on a 2-core machine training with 2 threads, a
+helper doing the CPU work beside the training slowed it by more than it saved
+(bench/RESULTS.md). `TUNER_RECORD_WRITER=process` uses the helper for every store,
+`inline` for none.
 
 The helper ignores SIGINT and SIGTERM (its parent handles them, syncs and closes the pipe)
 and stops at the end of its input, so it also applies what a parent killed by SIGKILL had
@@ -20,6 +25,7 @@ sent.
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import pickle
@@ -28,50 +34,37 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-MODE_ENV = "TUNER_RECORD_WRITER"  # "process", "inline", or unset: the helper for tracking servers only
+MODE_ENV = "TUNER_RECORD_WRITER"  # "process", "inline", or unset: the helper for servers and spare CPUs
 _HEADER = struct.Struct("<I")  # the length of each pickled message
 _SYNC = "sync"
+_RUN_ID = "run_id"
+NEW_RUN = "new-run:"  # how the keys of runs created through the writer begin (MLflow's run ids are hex)
 
 
-def apply(client: MlflowClient, op: str, args: tuple[Any, ...]) -> None:
-    """Perform one write. Messages carry plain data; the MLflow entities are built here."""
-    from mlflow.entities import Metric, Param, RunTag
+class RunLost(RuntimeError):
+    """A write names a run whose creation was lost with the helper process."""
 
-    if op == "log_batch":  # run_id, [(key, value, timestamp, step)], [(key, value)], [(key, value)]
-        run_id, metrics, params, tags = args
-        client.log_batch(
-            run_id,
-            metrics=[Metric(*m) for m in metrics],
-            params=[Param(k, v) for k, v in params],
-            tags=[RunTag(k, v) for k, v in tags],
-        )
-    elif op == "connect":  # nothing to write: the client, and with it the store, now exists
-        pass
-    elif op == "set_terminated":  # run_id, status
-        client.set_terminated(*args)
-    elif op == "log_texts":  # artifact_uri, {file name: text}: straight to the run's artifact location
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        artifact_uri, files = args
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, text in files.items():
-                Path(tmp, name).write_text(text)
-            get_artifact_repository(artifact_uri, tracking_uri=client.tracking_uri).log_artifacts(tmp)
-    else:
-        raise ValueError(f"unknown MLflow write {op!r}")
+def spare_cpu() -> bool:
+    """Whether this process may use more CPUs than torch trains with."""
+    import torch
+
+    return len(os.sched_getaffinity(0)) > torch.get_num_threads()
 
 
 class RecordWriter:
     """The parent's end: `write` sends or writes, `sync` waits; writes inline if the helper is gone.
 
     `inline`: True writes everything here, False sends everything to the helper, None (the
-    default) follows TUNER_RECORD_WRITER, and without it sends only what goes to a server.
+    default) follows TUNER_RECORD_WRITER, and without it sends what goes to a server, and
+    what goes to a local store when there is a spare CPU (decided once per store).
     """
 
     def __init__(self, inline: bool | None = None) -> None:
@@ -79,11 +72,34 @@ class RecordWriter:
         self.inline = {"inline": True, "process": False}.get(mode) if inline is None else inline
         self._helper: subprocess.Popen[bytes] | None = None
         self._clients: dict[str, MlflowClient] = {}
+        self._choice: dict[str, bool] = {}  # tracking URI: helper or not, for the default mode
+        self._runs: dict[str, tuple[str, str]] = {}  # run key: (run id, artifact URI), until the run ends
+        self._keys = itertools.count()
 
     def uses_helper(self, tracking_uri: str) -> bool:
-        if self.inline is None:
-            return tracking_uri.startswith(("http://", "https://"))
-        return not self.inline
+        if self.inline is not None:
+            return not self.inline
+        if tracking_uri not in self._choice:  # once: a run's writes all go the same way
+            self._choice[tracking_uri] = tracking_uri.startswith(("http://", "https://")) or spare_cpu()
+        return self._choice[tracking_uri]
+
+    def create_run(self, tracking_uri: str, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        """Create a RUNNING run (started now); returns the key by which the other writes name it."""
+        key = f"{NEW_RUN}{os.getpid()}-{next(self._keys)}"
+        self.write(tracking_uri, "create_run", key, experiment_id, run_name, tags, int(time.time() * 1000))
+        return key
+
+    def run_id(self, tracking_uri: str, key: str) -> str | None:
+        """The MLflow id of the run created as `key`; None if its creation failed or was lost."""
+        if key in self._runs:
+            return self._runs[key][0]
+        if self._helper is None or not self.uses_helper(tracking_uri):
+            return None
+        try:
+            return self._ask(_RUN_ID, key).decode() or None
+        except (OSError, EOFError) as exc:
+            self._give_up(f"it stopped before saying which run it created ({exc}); see its errors above")
+            return None
 
     def write(self, tracking_uri: str, op: str, *args: Any) -> None:
         if self.uses_helper(tracking_uri):
@@ -92,17 +108,14 @@ class RecordWriter:
                 return
             except OSError as exc:
                 self._give_up(f"it stopped ({exc})")
-        apply(self._client(tracking_uri), op, args)
+        self._apply(self._client(tracking_uri), op, args)
 
     def sync(self) -> None:
         """Return once the helper has applied every write sent so far."""
         if self._helper is None:
             return
         try:
-            self._send(None, _SYNC, ())
-            assert self._helper.stdout is not None
-            if self._helper.stdout.read(1) != b"\n":
-                raise EOFError("no reply")
+            self._ask(_SYNC)
         except (OSError, EOFError) as exc:
             self._give_up(f"it stopped before applying every write ({exc}); see its errors above")
 
@@ -118,6 +131,50 @@ class RecordWriter:
             pass
         helper.wait()
 
+    def _apply(self, client: MlflowClient, op: str, args: tuple[Any, ...]) -> None:
+        """Perform one write. Messages carry plain data; the MLflow entities are built here."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        if op == "create_run":  # key, experiment id, run name, {tag: value}, start time (ms)
+            key, experiment_id, run_name, tags, start_time = args
+            run = client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name)
+            self._runs[key] = (run.info.run_id, run.info.artifact_uri)
+        elif op == "log_batch":  # run, [(key, value, timestamp, step)], [(key, value)], [(key, value)]
+            run, metrics, params, tags = args
+            client.log_batch(
+                self._run_id(run),
+                metrics=[Metric(*m) for m in metrics],
+                params=[Param(k, v) for k, v in params],
+                tags=[RunTag(k, v) for k, v in tags],
+            )
+        elif op == "set_terminated":  # run, status
+            run, status = args
+            client.set_terminated(self._run_id(run), status)
+            self._runs.pop(run, None)
+        elif op == "log_texts":  # run, {file name: text}: straight to the run's artifact location
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            run, files = args
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, text in files.items():
+                    Path(tmp, name).write_text(text)
+                artifact_uri = (
+                    self._runs[run][1] if run in self._runs else client.get_run(self._run_id(run)).info.artifact_uri
+                )
+                get_artifact_repository(artifact_uri, tracking_uri=client.tracking_uri).log_artifacts(tmp)
+        elif op == "connect":  # nothing to write: the client, and with it the store, now exists
+            pass
+        else:
+            raise ValueError(f"unknown MLflow write {op!r}")
+
+    def _run_id(self, run: str) -> str:
+        """The MLflow id of a run named by its key or by that id."""
+        if run in self._runs:
+            return self._runs[run][0]
+        if run.startswith(NEW_RUN):
+            raise RunLost(f"MLflow run {run} was not created: its creation failed or its writer process died")
+        return run
+
     def _send(self, tracking_uri: str | None, op: str, args: tuple[Any, ...]) -> None:
         if self._helper is None:
             self._helper = _start_helper()
@@ -125,6 +182,15 @@ class RecordWriter:
         assert self._helper.stdin is not None
         self._helper.stdin.write(_HEADER.pack(len(data)) + data)
         self._helper.stdin.flush()
+
+    def _ask(self, op: str, *args: Any) -> bytes:
+        """Send a question to the helper; its one-line answer comes once every earlier write is applied."""
+        self._send(None, op, args)
+        assert self._helper is not None and self._helper.stdout is not None
+        reply = self._helper.stdout.readline()
+        if not reply.endswith(b"\n"):
+            raise EOFError("no reply")
+        return reply[:-1]
 
     def _give_up(self, why: str) -> None:
         logging.getLogger(__name__).warning("tuner: the MLflow writer process failed: %s; writing inline", why)
@@ -171,8 +237,9 @@ def serve(messages: IO[bytes], replies: IO[bytes]) -> None:
     local = RecordWriter(inline=True)  # applies each write here, with a client per tracking URI
     while header := messages.read(_HEADER.size):
         tracking_uri, op, args = pickle.loads(messages.read(_HEADER.unpack(header)[0]))
-        if op == _SYNC:
-            replies.write(b"\n")
+        if op in (_SYNC, _RUN_ID):  # every earlier write is applied: answer
+            answer = (local.run_id("", args[0]) or "") if op == _RUN_ID else ""
+            replies.write(answer.encode() + b"\n")
             replies.flush()
             continue
         try:

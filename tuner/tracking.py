@@ -3,9 +3,10 @@
 Everything goes through `MlflowClient` with explicit run ids, never the process-global
 "active run", so several workers (threads, processes, hosts) can log side by side.
 Per-epoch metrics are buffered and sent with `log_batch`, at most every `FLUSH_SECONDS`
-and at the end of the trial. What a trial logs after its run is created goes through the
-process's `RecordWriter` (tuner/record_writer.py), which sends it to a helper process when
-the store is a tracking server; `StudyTracking.sync` waits until it is all written.
+and at the end of the trial. What a trial logs, its run's creation included, goes through
+the process's `RecordWriter` (tuner/record_writer.py), which sends it to a helper process
+for a tracking server or when a CPU is spare; `StudyTracking.sync` waits until it is all
+written.
 """
 
 from __future__ import annotations
@@ -117,10 +118,10 @@ class StudyTracking:
         if worker is not None:
             tags["tuner.worker"] = worker
         tags["optuna.state"] = "RUNNING"
-        run = self.client.create_run(self.experiment_id, run_name=f"trial {trial_number}", tags=tags)
+        run = self.writer.create_run(self.tracking_uri, self.experiment_id, f"trial {trial_number}", tags)
         logged = {**config.active(), **params}
         param_list = [(k, redact(str(v))) for k, v in sorted(logged.items())]
-        return TrialRun(self.writer, self.tracking_uri, run.info.run_id, config, run.info.artifact_uri, param_list)
+        return TrialRun(self.writer, self.tracking_uri, run, config, param_list)
 
     def record_best(self, study: optuna.Study) -> None:
         """Put the best value and params on the parent run when the best trial changed."""
@@ -178,25 +179,27 @@ class TrialRun:
     whatever it carries, so a trial makes as few as it can (bench/platform_overhead.py): the
     run's tags go with its creation; the params wait for the first batch of metrics (at most
     FLUSH_SECONDS after the first epoch, or when the trial ends); the final metrics and state
-    tags share one batch; artifacts go straight to the run's artifact location. All but the
-    creation go through the writer, so with a tracking server the trial does not wait for them.
+    tags share one batch; artifacts go straight to the run's artifact location. All of it goes
+    through the writer, which may apply it on its helper process while the trial trains; the
+    writes name the run by the key the writer gave it, and `run_id` asks for the real id.
     """
 
     def __init__(
-        self,
-        writer: RecordWriter,
-        tracking_uri: str,
-        run_id: str,
-        config: TrainConfig,
-        artifact_uri: str,
-        params: list[tuple[str, str]],
+        self, writer: RecordWriter, tracking_uri: str, run: str, config: TrainConfig, params: list[tuple[str, str]]
     ) -> None:
-        self.writer, self.tracking_uri, self.run_id, self.config = writer, tracking_uri, run_id, config
-        self.artifact_uri = artifact_uri  # known from the run's creation: logging artifacts needs no lookup
+        self.writer, self.tracking_uri, self.run, self.config = writer, tracking_uri, run, config
+        self._run_id: str | None = None
         self.history: list[EpochResult] = []
         self._pending: list[tuple[str, float, int, int]] = []  # metrics: key, value, timestamp, step
         self._params = params  # sent with the first batch
         self._last_flush = time.monotonic()
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's MLflow id (None if its creation failed); waits for the writer the first time."""
+        if self._run_id is None:
+            self._run_id = self.writer.run_id(self.tracking_uri, self.run)
+        return self._run_id
 
     def log_epoch(self, result: EpochResult) -> None:
         self.history.append(result)
@@ -209,7 +212,7 @@ class TrialRun:
 
     def flush(self, tags: list[tuple[str, str]] | None = None) -> None:
         if self._pending or self._params or tags:
-            self.writer.write(self.tracking_uri, "log_batch", self.run_id, self._pending, self._params, tags or [])
+            self.writer.write(self.tracking_uri, "log_batch", self.run, self._pending, self._params, tags or [])
             self._pending, self._params = [], []
         self._last_flush = time.monotonic()
 
@@ -224,8 +227,9 @@ class TrialRun:
         files = {"config.json": json.dumps(self.config.to_dict(), indent=2), "history.csv": history_csv(self.history)}
         if error is not None:
             files["traceback.txt"] = redact("".join(traceback_module.format_exception(error)))
-        self.writer.write(self.tracking_uri, "log_texts", self.artifact_uri, files)
-        self.writer.write(self.tracking_uri, "set_terminated", self.run_id, _MLFLOW_STATUS[state])
+        self.writer.write(self.tracking_uri, "log_texts", self.run, files)
+        _ = self.run_id  # known here before the writer forgets the run's key, with its end
+        self.writer.write(self.tracking_uri, "set_terminated", self.run, _MLFLOW_STATUS[state])
 
 
 def history_csv(history: list[EpochResult]) -> str:

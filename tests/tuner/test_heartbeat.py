@@ -100,6 +100,43 @@ def test_dead_workers_trial_is_detected_closed_retried_and_resumed(
     assert work(study, runner, timeout=None) == 0  # the budget (1 trial) is used: no further trial
 
 
+def test_a_worker_that_died_before_its_first_report_has_its_run_found_by_its_tags(
+    tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run id joins the trial's first report, so a worker killed in its first epoch never recorded
+    it: the worker that finds the trial stale closes the run it finds by its tags, and the retry links to it."""
+    monkeypatch.setenv("TUNER_HEARTBEAT_SECONDS", "1")
+    monkeypatch.setenv("TUNER_GRACE_SECONDS", "2")
+    options = RunOptions(storage=str(tmp_path / "optuna.journal"), tracking_uri=tracking_uri, quiet=True)
+    spec = StudySpec(name="died-early", space={"lr": Float(1e-3, 1e-1, log=True), "epochs": 2}, n_trials=1)
+    study, tracking = prepare_study(spec, options)
+    dead = study.ask()
+    lr = dead.suggest_float("lr", 1e-3, 1e-1, log=True)
+    dead_run = tracking.start_trial(dead.number, dead.params, TrainConfig(lr=lr, epochs=2))
+    dead.set_user_attr(ATTEMPT_OF_ATTR, dead.number)
+    tracking.sync()
+    assert RUN_ID_ATTR not in study.trials[0].user_attrs
+
+    def stale_and_failed() -> bool:
+        optuna.storages.fail_stale_trials(study)
+        return study.trials[0].state == TrialState.FAIL
+
+    wait_for(stale_and_failed, "the dead trial to be failed as stale", deadline_seconds=60, every=0.2)
+    client = MlflowClient(tracking_uri)
+    assert dead_run.run_id is not None
+    closed = client.get_run(dead_run.run_id)
+    assert closed.info.status == "FAILED" and closed.data.tags["tuner.reason"].startswith("worker died")
+    _, retry_trial = study.trials
+    assert retry_trial.user_attrs[RUN_ID_ATTR] == dead_run.run_id  # found by the trial number tag
+
+    retry = study.ask()
+    runner = make_runner(spec, options, tracking, fit=curve_fit)
+    study.tell(retry, runner(retry))
+    tracking.sync()
+    retry_run = client.get_run(study.trials[1].user_attrs[RUN_ID_ATTR])
+    assert retry_run.data.tags["tuner.retry_of_run"] == dead_run.run_id and retry_run.info.status == "FINISHED"
+
+
 def test_a_live_trial_failed_as_stale_under_its_worker_stops_and_the_worker_goes_on(
     tmp_path: Path, tracking_uri: str
 ) -> None:

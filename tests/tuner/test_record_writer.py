@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from tests.tuner.fakes import curve_fit
 from tests.tuner.procs import REPO, wait_for
-from tuner.record_writer import MODE_ENV, RecordWriter, writer
+from tuner.record_writer import MODE_ENV, NEW_RUN, RecordWriter, RunLost, writer
 from tuner.runner import run_study
 from tuner.servers import start_mlflow
 from tuner.space import Float
@@ -26,11 +26,24 @@ from tuner.tracking import PARENT_RUN_ATTR
 SPACE = {"lr": Float(1e-4, 1e-1, log=True), "epochs": 3}
 
 
-def test_by_default_only_writes_to_a_tracking_server_go_through_the_helper(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_by_default_the_helper_takes_server_writes_and_local_ones_when_a_cpu_is_spare(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
     monkeypatch.delenv(MODE_ENV, raising=False)
-    writer = RecordWriter()
-    assert writer.uses_helper("http://127.0.0.1:5000") and writer.uses_helper("https://mlflow.example.com")
-    assert not writer.uses_helper("sqlite:///mlruns/mlflow.db")  # local: CPU work, done in the trial's process
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)  # training may use every CPU: local writes are done in the trial's process
+        writer = RecordWriter()
+        assert writer.uses_helper("http://127.0.0.1:5000") and writer.uses_helper("https://mlflow.example.com")
+        assert not writer.uses_helper("sqlite:///mlruns/mlflow.db")
+        torch.set_num_threads(2)
+        assert not writer.uses_helper("sqlite:///mlruns/mlflow.db")  # decided once per store
+        assert RecordWriter().uses_helper("sqlite:///mlruns/mlflow.db")  # a spare CPU: the helper
+    finally:
+        torch.set_num_threads(threads)
     monkeypatch.setenv(MODE_ENV, "process")
     assert RecordWriter().uses_helper("sqlite:///mlruns/mlflow.db")
     monkeypatch.setenv(MODE_ENV, "inline")
@@ -86,24 +99,55 @@ def test_writes_are_applied_in_order_and_sync_waits_for_them(
 ) -> None:
     monkeypatch.setenv(MODE_ENV, "inline" if inline else "process")
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client, run_id, artifact_uri = new_run(tracking_uri)
+    client, parent_id, _ = new_run(tracking_uri)
+    experiment_id = client.get_run(parent_id).info.experiment_id
     writer = RecordWriter()
     try:
+        run = writer.create_run(tracking_uri, experiment_id, "trial 0", {"optuna.state": "RUNNING"})
+        assert run.startswith(NEW_RUN)  # a key, known at once: the helper creates the run meanwhile
         for epoch in range(1, 4):
-            writer.write(tracking_uri, "log_batch", run_id, [("val_acc", epoch / 10, 1000 + epoch, epoch)], [], [])
-        writer.write(tracking_uri, "log_batch", run_id, [], [("lr", "0.01")], [("optuna.state", "RUNNING")])
-        writer.write(tracking_uri, "log_batch", run_id, [], [], [("optuna.state", "COMPLETE")])  # later wins
-        writer.write(tracking_uri, "log_texts", artifact_uri, {"config.json": json.dumps({"lr": 0.01})})
-        writer.write(tracking_uri, "set_terminated", run_id, "FINISHED")
+            writer.write(tracking_uri, "log_batch", run, [("val_acc", epoch / 10, 1000 + epoch, epoch)], [], [])
+        writer.write(tracking_uri, "log_batch", run, [], [("lr", "0.01")], [("optuna.state", "RUNNING")])
+        writer.write(tracking_uri, "log_batch", run, [], [], [("optuna.state", "COMPLETE")])  # later wins
+        writer.write(tracking_uri, "log_texts", run, {"config.json": json.dumps({"lr": 0.01})})
+        run_id = writer.run_id(tracking_uri, run)
+        writer.write(tracking_uri, "set_terminated", run, "FINISHED")
+        writer.write(tracking_uri, "log_texts", parent_id, {"space.json": "{}"})  # runs named by their MLflow id
+        writer.write(tracking_uri, "set_terminated", parent_id, "KILLED")
         writer.sync()
         assert (writer._helper is None) == inline  # the helper runs unless asked to write inline
-        run = client.get_run(run_id)
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["optuna.state"] == "COMPLETE" and run.data.params == {"lr": "0.01"}
+        assert run_id is not None
+        created = client.get_run(run_id)
+        assert created.info.status == "FINISHED" and created.info.run_name == "trial 0"
+        assert created.info.experiment_id == experiment_id
+        assert created.data.tags["optuna.state"] == "COMPLETE" and created.data.params == {"lr": "0.01"}
         assert [m.value for m in client.get_metric_history(run_id, "val_acc")] == [0.1, 0.2, 0.3]
         assert [a.path for a in client.list_artifacts(run_id)] == ["config.json"]
+        assert writer.run_id(tracking_uri, run) is None  # forgotten once the run ended
+        parent = client.get_run(parent_id)
+        assert parent.info.status == "KILLED" and [a.path for a in client.list_artifacts(parent_id)] == ["space.json"]
     finally:
         writer.close()
+
+
+def test_a_run_whose_creation_failed_has_no_id_and_its_writes_are_reported(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, run_id, _ = new_run(tracking_uri)
+    writer = RecordWriter(inline=False)
+    try:
+        run = writer.create_run(tracking_uri, "12345", "trial 0", {})  # no such experiment
+        writer.write(tracking_uri, "log_batch", run, [("val_acc", 0.5, 1000, 1)], [], [])
+        writer.write(tracking_uri, "set_terminated", run_id, "FAILED")
+        assert writer.run_id(tracking_uri, run) is None
+        writer.sync()
+    finally:
+        writer.close()
+    assert client.get_run(run_id).info.status == "FAILED"  # the writes after them still applied
+    err = capfd.readouterr().err
+    assert f"tuner: MLflow write create_run ('{run}',)" in err
+    assert f"tuner: MLflow write log_batch ('{run}',)" in err and "was not created" in err
 
 
 def test_a_failed_write_is_reported_and_the_later_ones_still_apply(
@@ -127,7 +171,7 @@ def test_a_helper_that_dies_is_replaced_by_inline_writes(tmp_path: Path, caplog:
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client, run_id, _ = new_run(tracking_uri)
     writer = RecordWriter(inline=False)
-    writer.write(tracking_uri, "connect")
+    lost = writer.create_run(tracking_uri, client.get_run(run_id).info.experiment_id, "trial 0", {})
     writer.sync()
     assert writer._helper is not None
     writer._helper.kill()
@@ -137,18 +181,23 @@ def test_a_helper_that_dies_is_replaced_by_inline_writes(tmp_path: Path, caplog:
     assert writer.inline and writer._helper is None
     assert client.get_run(run_id).info.status == "KILLED"
     assert "the MLflow writer process failed" in caplog.text
+    assert writer.run_id(tracking_uri, lost) is None  # the helper took the run's id with it
+    with pytest.raises(RunLost, match="was not created"):
+        writer.write(tracking_uri, "set_terminated", lost, "FINISHED")
 
 
 def test_writes_sent_by_a_parent_killed_with_sigkill_are_still_applied(tmp_path: Path) -> None:
-    """The helper outlives its parent: what was sent before the SIGKILL reaches MLflow."""
+    """The helper outlives its parent: what was sent before the SIGKILL reaches MLflow, the run's creation too."""
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client, run_id, _ = new_run(tracking_uri)
+    client, parent_id, _ = new_run(tracking_uri)
+    experiment_id = client.get_run(parent_id).info.experiment_id
     parent = textwrap.dedent(f"""
         import os, signal
         from tuner.record_writer import writer
         w = writer()
-        w.write({tracking_uri!r}, "log_batch", {run_id!r}, [("val_acc", 0.9, 1000, 1)], [], [("optuna.state", "COMPLETE")])
-        w.write({tracking_uri!r}, "set_terminated", {run_id!r}, "FINISHED")
+        run = w.create_run({tracking_uri!r}, {experiment_id!r}, "trial 1", {{"optuna.state": "RUNNING"}})
+        w.write({tracking_uri!r}, "log_batch", run, [("val_acc", 0.9, 1000, 1)], [], [("optuna.state", "COMPLETE")])
+        w.write({tracking_uri!r}, "set_terminated", run, "FINISHED")
         print(w._helper.pid, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
@@ -164,9 +213,8 @@ def test_writes_sent_by_a_parent_killed_with_sigkill_are_still_applied(tmp_path:
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert proc.stdout.split()[0].isdigit()  # the helper was started before the kill
 
-    def closed() -> bool:
-        return client.get_run(run_id).info.status == "FINISHED"
+    def closed() -> list[object]:
+        return client.search_runs([experiment_id], "attributes.run_name = 'trial 1' and attributes.status = 'FINISHED'")
 
-    wait_for(closed, "the orphaned helper to apply what it was sent", deadline_seconds=60, every=0.1)
-    run = client.get_run(run_id)
+    (run,) = wait_for(closed, "the orphaned helper to apply what it was sent", deadline_seconds=60, every=0.1)
     assert run.data.tags["optuna.state"] == "COMPLETE" and run.data.metrics["val_acc"] == 0.9

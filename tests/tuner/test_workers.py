@@ -142,7 +142,12 @@ def test_chaos_a_worker_killed_mid_trial_is_retried_and_resumes_from_its_checkpo
     # a trial is mid-way once it has checkpointed an epoch: its file exists until the trial ends
     checkpoint = wait_for(lambda: next((tmp_path / "ckpt").rglob("trial-*.pt"), None), "a trial to checkpoint")
     victim_number = int(checkpoint.stem.removeprefix("trial-"))
-    study = load(storage, "chaos")
+
+    def reported() -> optuna.Study | None:  # the run id goes with the first report, just after the checkpoint
+        study = load(storage, "chaos")
+        return study if RUN_ID_ATTR in study.trials[victim_number].user_attrs else None
+
+    study = wait_for(reported, "the trial's first report")
     pid = int(study.trials[victim_number].user_attrs[WORKER_ATTR].rsplit(":", 1)[1])
     victim = next(i for i, p in workers.items() if p.pid == pid)
     workers[victim].send_signal(signal.SIGKILL)
