@@ -10,6 +10,8 @@ epochs fixed, MNIST-1D, CPU) is trained in four arms:
             history.csv), checkpoints every 30 s, the best result on the parent run. The
             MLflow writes go through tuner's writer process when a CPU is spare (with one
             torch thread on 2 CPUs or more), as `tuner run` does; its CPU is counted.
+(b') tuner_inline: (b) with every MLflow write made by the training process
+            (TUNER_RECORD_WRITER=inline): what the writer process changes.
 (c) optuna: plain Optuna on SQLite with optuna-integration's `MLflowCallback` (one run per
             trial: the final value and the params), what an Optuna user writes today.
 (d) ray:    Ray Tune `Tuner` with `OptunaSearch`, an `ASHAScheduler` and Ray's
@@ -33,7 +35,7 @@ checkpoints that tuner asks the trainable for are timed apart and counted as out
 each arm logged is read back from MLflow.
 
     .venv/bin/python bench/platform_overhead.py [--trials 30] [--epochs 5] [--repeats 1]
-        [--arms floor,tuner,optuna,ray] [--threads 1] [--quick] [--profile FILE]
+        [--arms floor,tuner,tuner_inline,optuna,ray] [--threads 1] [--quick] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from typing import Any
 
 from _common import FitClock, Span, config_of, fixed_configs, machine, median, quiet, same_params, set_threads, table
 
-ARMS = ("floor", "tuner", "optuna", "ray")
+ARMS = ("floor", "tuner", "tuner_inline", "optuna", "ray")
 NEEDS = {"optuna": "optuna_integration", "ray": "ray"}  # arms that need the `bench` extra
 STUDY = "overhead"
 
@@ -108,6 +110,17 @@ def arm_tuner(space: dict[str, Any], params: list[dict[str, Any]], tmp: Path, th
     ]
     out = {"spans": spans, "tracking": tracking, "filter": "tags.`tuner.role` = 'trial'"}
     return {**out, "helper_cpu_start": helper_cpu_start[0]}
+
+
+def arm_tuner_inline(space: dict[str, Any], params: list[dict[str, Any]], tmp: Path, threads: int) -> dict[str, Any]:
+    from tuner import record_writer
+
+    writer = record_writer.writer()
+    mode, writer.inline = writer.inline, True
+    try:
+        return arm_tuner(space, params, tmp, threads)
+    finally:
+        writer.inline = mode
 
 
 def arm_optuna(space: dict[str, Any], params: list[dict[str, Any]], tmp: Path, threads: int) -> dict[str, Any]:
@@ -316,7 +329,8 @@ def main() -> None:
     for _ in trainables.fit(config_of(space, params[0])):
         pass
 
-    functions = {"floor": arm_floor, "tuner": arm_tuner, "optuna": arm_optuna, "ray": arm_ray}
+    functions = {"floor": arm_floor, "tuner": arm_tuner, "tuner_inline": arm_tuner_inline}
+    functions |= {"optuna": arm_optuna, "ray": arm_ray}
     results: dict[str, list[dict[str, Any]]] = {a: [] for a in arms}
     for repeat in range(args.repeats):
         order = arms[repeat % len(arms) :] + arms[: repeat % len(arms)]
@@ -330,10 +344,15 @@ def main() -> None:
             else:
                 results[a].append(measure(functions[a], space, params, args.threads))
             r = results[a][-1]
-            print(f"repeat {repeat + 1} {a:6s} setup {r['setup']:6.2f} s  per trial {r['per_trial'] * 1000:8.1f} ms")
+            print(f"repeat {repeat + 1} {a:12s} setup {r['setup']:6.2f} s  per trial {r['per_trial'] * 1000:8.1f} ms")
 
     def med(a: str, key: str) -> float:
         return median([r[key] for r in results[a]])
+
+    def paired(a: str) -> float:  # per repeat against the floor of the same repeat: steadier when the machine drifts
+        if "floor" not in results:
+            return float("nan")
+        return median([r["per_trial"] - f["per_trial"] for r, f in zip(results[a], results["floor"], strict=True)])
 
     floor = med("floor", "per_trial") if "floor" in results else float("nan")
     rows = []
@@ -348,6 +367,7 @@ def main() -> None:
                 f"{per_trial * 1000:.0f}",
                 "-" if a == "floor" else f"{over * 1000:+.0f}",
                 "-" if a == "floor" else f"{over / floor * 100:+.1f}%",
+                "-" if a == "floor" else f"{paired(a) * 1000:+.0f}",
                 f"{med(a, 'outside') * 1000:.0f}",
                 f"{med(a, 'outside') / floor * 100:.1f}%",
                 "n/a" if math.isnan(med(a, "outside_cpu")) else f"{med(a, 'outside_cpu') * 1000:.0f}",
@@ -364,7 +384,8 @@ def main() -> None:
     print()
     print(machine())
     print()
-    headers = ["arm", "setup s", "per trial ms", "over floor ms", "over floor %", "outside training ms"]
+    headers = ["arm", "setup s", "per trial ms", "over floor ms", "over floor %", "over floor, paired ms"]
+    headers += ["outside training ms"]
     headers += ["outside % of floor", "outside training, CPU ms", "metric values/trial", "params/trial"]
     headers += ["artifacts/trial"]
     print(table(headers, rows))
