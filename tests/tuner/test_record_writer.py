@@ -130,27 +130,7 @@ def test_writes_are_applied_in_order_and_sync_waits_for_them(
         writer.close()
 
 
-def test_a_run_whose_creation_failed_has_no_id_and_its_writes_are_reported(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str]
-) -> None:
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client, run_id, _ = new_run(tracking_uri)
-    writer = RecordWriter(inline=False)
-    try:
-        run = writer.create_run(tracking_uri, "12345", "trial 0", {})  # no such experiment
-        writer.write(tracking_uri, "log_batch", run, [("val_acc", 0.5, 1000, 1)], [], [])
-        writer.write(tracking_uri, "set_terminated", run_id, "FAILED")
-        assert writer.run_id(tracking_uri, run) is None
-        writer.sync()
-    finally:
-        writer.close()
-    assert client.get_run(run_id).info.status == "FAILED"  # the writes after them still applied
-    err = capfd.readouterr().err
-    assert f"tuner: MLflow write create_run ('{run}',)" in err
-    assert f"tuner: MLflow write log_batch ('{run}',)" in err and "was not created" in err
-
-
-def test_a_failed_write_is_reported_and_the_later_ones_still_apply(
+def test_failed_writes_and_creations_are_reported_and_the_later_writes_still_apply(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -158,13 +138,18 @@ def test_a_failed_write_is_reported_and_the_later_ones_still_apply(
     writer = RecordWriter(inline=False)
     try:
         writer.write(tracking_uri, "set_terminated", "no-such-run", "FINISHED")
+        run = writer.create_run(tracking_uri, "12345", "trial 0", {})  # no such experiment
+        writer.write(tracking_uri, "log_batch", run, [("val_acc", 0.5, 1000, 1)], [], [])
         writer.write(tracking_uri, "set_terminated", run_id, "FAILED")
+        assert writer.run_id(tracking_uri, run) is None  # the creation failed: no id
         writer.sync()
     finally:
         writer.close()
     assert client.get_run(run_id).info.status == "FAILED"
     err = capfd.readouterr().err
     assert "tuner: MLflow write set_terminated ('no-such-run',)" in err and "failed" in err
+    assert f"tuner: MLflow write create_run ('{run}',)" in err
+    assert f"tuner: MLflow write log_batch ('{run}',)" in err and "was not created" in err
 
 
 def test_a_helper_that_dies_is_replaced_by_inline_writes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
