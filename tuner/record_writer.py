@@ -49,14 +49,16 @@ NEW_RUN = "new-run:"  # how the keys of runs created through the writer begin (M
 
 
 class RunLost(RuntimeError):
-    """A write names a run whose creation was lost with the helper process."""
+    """A write names a run that was never created: its creation failed, or was lost with the helper process."""
 
 
 def spare_cpu() -> bool:
     """Whether this process may use more CPUs than torch trains with."""
     import torch
 
-    return len(os.sched_getaffinity(0)) > torch.get_num_threads()
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every CPU counts
+    cpus = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+    return cpus > torch.get_num_threads()
 
 
 class RecordWriter:
