@@ -113,13 +113,11 @@ class TrialRunner:
                     run.log_epoch(result)
                     epochs_done = result.epoch
                     value = float(getattr(result, self.metric))
-                    if recorded_run:
-                        trial.report(value, result.epoch)
-                    else:  # the run id goes with the first report: the writer has created the run by now
-                        with combined_writes(trial):
+                    with combined_writes(trial):  # the run id goes with the first report: the run exists by now
+                        if not recorded_run:
                             record_run_id(trial, run)
-                            trial.report(value, result.epoch)
-                        recorded_run = True
+                        trial.report(value, result.epoch)
+                    recorded_run = True
                     if trial.should_prune():
                         raise optuna.TrialPruned()
             finally:

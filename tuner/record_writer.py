@@ -160,10 +160,8 @@ class RecordWriter:
             with tempfile.TemporaryDirectory() as tmp:
                 for name, text in files.items():
                     Path(tmp, name).write_text(text)
-                artifact_uri = (
-                    self._runs[run][1] if run in self._runs else client.get_run(self._run_id(run)).info.artifact_uri
-                )
-                get_artifact_repository(artifact_uri, tracking_uri=client.tracking_uri).log_artifacts(tmp)
+                repository = get_artifact_repository(self._artifact_uri(client, run), tracking_uri=client.tracking_uri)
+                repository.log_artifacts(tmp)
         elif op == "connect":  # nothing to write: the client, and with it the store, now exists
             pass
         else:
@@ -176,6 +174,12 @@ class RecordWriter:
         if run.startswith(NEW_RUN):
             raise RunLost(f"MLflow run {run} was not created: its creation failed or its writer process died")
         return run
+
+    def _artifact_uri(self, client: MlflowClient, run: str) -> str:
+        """Where a run's artifacts go: known from its creation here, else looked up."""
+        if run in self._runs:
+            return self._runs[run][1]
+        return str(client.get_run(self._run_id(run)).info.artifact_uri)
 
     def _send(self, tracking_uri: str | None, op: str, args: tuple[Any, ...]) -> None:
         if self._helper is None:
