@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,9 @@ def counted_appends(storage: HeartbeatJournalStorage, monkeypatch: pytest.Monkey
     appends: list[int] = []
     append = storage._backend.append_logs
 
-    def counting(logs: list[dict[str, Any]]) -> None:
+    def counting(logs: list[dict[str, Any]], durable: bool = True) -> None:
         appends.append(len(logs))
-        append(logs)
+        append(logs, durable)
 
     monkeypatch.setattr(storage._backend, "append_logs", counting)
     return appends
@@ -92,3 +94,65 @@ def test_the_first_heartbeat_is_the_trials_start_and_later_ones_are_written(tmp_
     assert storage._get_stale_trial_ids(study._study_id) == []  # its start time counts as a beat
     storage.record_heartbeat(trial._trial_id)
     assert HEARTBEAT_ATTR in storage.get_trial(trial._trial_id).system_attrs
+
+
+def test_only_a_trials_creation_and_end_are_fsynced_and_every_write_reads_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = storage_at(tmp_path / "optuna.journal")
+    study = optuna.create_study(study_name="fsync", storage=storage)
+    synced: list[int] = []
+    fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    trial = study.ask()
+    assert len(synced) == 1  # the trial exists on disk before anything is recorded elsewhere about it
+    with storage.combined_writes():
+        lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        trial.set_user_attr("mlflow_run_id", "abc")
+    for epoch in range(1, 4):
+        trial.report(epoch / 10, epoch)
+    storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, 1.0)
+    assert len(synced) == 1  # params, attributes, reports and heartbeats: written, not fsynced
+    study.tell(trial, 0.3)
+    assert len(synced) == 2  # the end: fsynced, and with it everything before
+
+    other_worker = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.journal")))
+    (read,) = optuna.load_study(study_name="fsync", storage=other_worker).trials
+    assert read.state == optuna.trial.TrialState.COMPLETE and read.value == 0.3
+    assert read.params == {"lr": lr} and read.user_attrs == {"mlflow_run_id": "abc"}
+    assert read.intermediate_values == {1: 0.1, 2: 0.2, 3: 0.3}
+
+
+def test_a_storage_rereads_the_file_only_when_another_worker_appended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "optuna.journal"
+    writer, reader = storage_at(path), storage_at(path)
+    study = optuna.create_study(study_name="reread", storage=writer)
+    reads: list[int] = []
+    read_logs = reader._backend.read_logs
+    monkeypatch.setattr(reader._backend, "read_logs", lambda start: reads.append(start) or read_logs(start))
+
+    assert [s.study_name for s in reader.get_all_studies()] == ["reread"]
+    assert len(reads) == 1
+    reader.get_all_studies()
+    reader.get_all_trials(study._study_id)
+    assert len(reads) == 1  # nothing new in the file: not read again
+
+    trial = study.ask()
+    trial.report(0.5, 1)
+    (seen,) = reader.get_all_trials(study._study_id)
+    assert len(reads) == 2 and seen.intermediate_values == {1: 0.5}
+
+
+def test_an_unpickled_storage_reads_the_whole_journal_again(tmp_path: Path) -> None:
+    storage = storage_at(tmp_path / "optuna.journal")
+    study = optuna.create_study(study_name="pickled", storage=storage)
+    study.tell(study.ask(), 1.0)
+    copy = pickle.loads(pickle.dumps(storage))
+    assert [t.value for t in copy.get_all_trials(study._study_id)] == [1.0]
