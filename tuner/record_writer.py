@@ -236,6 +236,7 @@ def writer() -> RecordWriter:
 
 def serve(messages: IO[bytes], replies: IO[bytes]) -> None:
     """The helper's loop: apply each message in order until the input ends."""
+    from tuner.heap import freeze_heap
     from tuner.storage import redact
     from tuner.tracking import quiet_mlflow
 
@@ -256,6 +257,7 @@ def serve(messages: IO[bytes], replies: IO[bytes]) -> None:
                 file=sys.stderr,
                 flush=True,
             )
+        freeze_heap()  # once, with MLflow loaded by the first write: no full collection stalls a trial's writes
 
 
 def main() -> None:

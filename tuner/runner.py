@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.adapter import FitFn, StaleTrialHandler, TrialFailed, TrialRunner
 from tuner.errors import UserError
+from tuner.heap import freeze_heap
 from tuner.storage import DEFAULT_STORE, heartbeat_seconds, open_storage, redact, set_stale_trial_callback
 from tuner.study import RunOptions, StudySpec, make_pruner, make_sampler
 
@@ -175,22 +176,6 @@ def work(
         else:
             break
     return ran
-
-
-def freeze_heap() -> None:
-    """Take what is alive now (torch, MLflow, SQLAlchemy, Optuna: some 500,000 objects) out of the
-    cyclic garbage collector's scans, once per process.
-
-    The garbage trials leave triggers a full collection every few dozen trials, and each one
-    walked all of those long-lived objects: 140-380 ms in bench/platform_overhead.py, a few
-    ms per short trial on average. Frozen objects are still freed by reference counting;
-    garbage cycles among them are collected first.
-    """
-    import gc
-
-    if gc.get_freeze_count() == 0:
-        gc.collect()
-        gc.freeze()
 
 
 def budget_left(study: Any, trials: Sequence[FrozenTrial]) -> bool:

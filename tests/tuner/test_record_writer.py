@@ -203,3 +203,28 @@ def test_writes_sent_by_a_parent_killed_with_sigkill_are_still_applied(tmp_path:
 
     (run,) = wait_for(closed, "the orphaned helper to apply what it was sent", deadline_seconds=60, every=0.1)
     assert run.data.tags["optuna.state"] == "COMPLETE" and run.data.metrics["val_acc"] == 0.9
+
+
+def test_the_helper_freezes_its_heap_once_after_its_first_write(tmp_path: Path) -> None:
+    """A full garbage collection of MLflow's heap in the helper would stall the trial waiting for its run id."""
+    script = textwrap.dedent(f"""
+        import gc, io, pickle
+        from tuner.record_writer import _HEADER, serve
+
+        def messages(*ops):
+            data = [pickle.dumps(({f"sqlite:///{tmp_path / 'mlflow.db'}"!r}, op, ())) for op in ops]
+            return io.BytesIO(b"".join(_HEADER.pack(len(d)) + d for d in data))
+
+        before = gc.get_freeze_count()
+        serve(messages("connect"), io.BytesIO())
+        first = gc.get_freeze_count()
+        serve(messages("connect", "connect"), io.BytesIO())
+        print(before, first, gc.get_freeze_count())
+    """)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    before, first, later = map(int, proc.stdout.split())
+    assert before == 0 and first > 10_000  # MLflow and SQLAlchemy, loaded by the first write, are frozen
+    assert later == first  # and only once
