@@ -223,10 +223,12 @@ def _run_command(args: argparse.Namespace) -> int:
 
         return create(load_study_script(args.script), run_options(args))
     if args.command == "worker":
+        from tuner.heap import collections_held
         from tuner.workers import join
 
         options = run_options(args)
-        ran = join(args.study, options, worker_index=args.worker_index, timeout=args.timeout)
+        with collections_held():
+            ran = join(args.study, options, worker_index=args.worker_index, timeout=args.timeout)
         if not args.quiet:
             print(f"worker done: ran {ran} trial(s) of study {args.study}")
         return 0
@@ -284,10 +286,12 @@ def _workers(args: argparse.Namespace) -> int:
 
 
 def run_and_summarise(study_spec: Any, args: argparse.Namespace) -> int:
+    from tuner.heap import collections_held
     from tuner.results import print_summary
 
     options = run_options(args)
-    result = study_spec.run(options)
+    with collections_held():
+        result = study_spec.run(options)
     studies = result if isinstance(result, list) else [result]  # a study script may run several
     for i, study in enumerate(studies):
         print_summary(study, options, where=i == len(studies) - 1)

@@ -265,7 +265,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed goes to stderr, not into the replies
-    serve(sys.stdin.buffer, replies)
+    from tuner.heap import collections_held
+
+    with collections_held():  # MLflow loads with the first write, after which serve freezes the heap
+        serve(sys.stdin.buffer, replies)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def worker_devices(options: RunOptions) -> list[str | None]:
 
 def launch(spec: StudySpec, options: RunOptions) -> Any:
     """Run `spec` (already validated) in `options.workers` processes; returns the study when all have exited."""
+    from tuner.heap import freeze_heap
     from tuner.runner import checkpoint_dir, close_parent_run, prepare_study
 
     study, tracking = prepare_study(spec, options)
@@ -68,6 +69,7 @@ def launch(spec: StudySpec, options: RunOptions) -> Any:
         if options.keep_checkpoints:
             command.append("--keep-checkpoints")
         procs.append(subprocess.Popen(command, env=dict(env), start_new_session=True))
+    freeze_heap()  # this process only watches from here on
     interrupted = True
     try:
         _watch(study, spec, options, procs)
