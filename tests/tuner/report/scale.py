@@ -20,7 +20,7 @@ BEST_LR = {"sgd": 0.1, "momentum": 0.03, "adam": 0.003}
 
 
 def make_big_study(storage: str, name: str, n_trials: int = 2000, epochs: int = 20, seed: int = 0) -> None:
-    """Ask/tell in memory, then copy to `storage`: a journal takes an fsync per write, the copy one per trial."""
+    """Ask/tell in memory, then copy to `storage`: each journal write takes a file lock and a re-read, the copy one write per trial."""
     rng = random.Random(seed)
     study = optuna.create_study(study_name=name, direction="maximize", sampler=optuna.samplers.RandomSampler(seed))
     for i in range(n_trials):
