@@ -30,6 +30,7 @@ from typing import Any
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal._file import get_lock_file
 from optuna.storages.journal._storage import JournalOperation
 from optuna.trial import FrozenTrial, TrialState
 
@@ -53,15 +54,11 @@ class JournalFile(JournalFileBackend):
 
     def append_logs(self, logs: list[dict[str, Any]], durable: bool = True) -> None:
         data = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
-        self._lock.acquire()
-        try:
-            with open(self._file_path, "ab") as f:
-                f.write(data.encode("utf-8"))
-                f.flush()
-                if durable:
-                    os.fsync(f.fileno())
-        finally:
-            self._lock.release()
+        with get_lock_file(self._lock), open(self._file_path, "ab") as f:
+            f.write(data.encode("utf-8"))
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
@@ -74,7 +71,8 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     ) -> None:
         self.path = path
         self._read_size = -1  # the file's size at the last re-read
-        super().__init__(JournalFile(path))
+        self._file = JournalFile(path)  # Optuna's `_backend`, typed as ours
+        super().__init__(self._file)
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback  # RDBStorage's name
@@ -109,8 +107,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
             self._append([log])
 
     def _append(self, logs: list[dict[str, Any]]) -> None:
-        assert isinstance(self._backend, JournalFile)
-        self._backend.append_logs(logs, durable=any(log["op_code"] in DURABLE_OPS for log in logs))
+        self._file.append_logs(logs, durable=any(log["op_code"] in DURABLE_OPS for log in logs))
 
     def _sync_with_backend(self) -> None:
         size = os.stat(self.path).st_size  # the journal only grows: the same size, nothing new
