@@ -4,7 +4,7 @@ The same fixed sequence of configs (drawn once at random from the default search
 epochs fixed, MNIST-1D, CPU) is trained in four arms:
 
 (a) floor:  bare `trainables.fit` calls in a loop; nothing tracked, nothing stored.
-(b) tuner:  `tuner.runner.run_study` with everything it does by default: journal-file
+(b) tuner:  `tuner.run.execute.execute_study` with everything it does by default: journal-file
             Optuna storage with heartbeats, SQLite MLflow with a parent run, a child run per
             trial with params, per-epoch metrics, state tags and artifacts (config.json,
             history.csv), checkpoints every 30 s, the best result on the parent run. The
@@ -72,7 +72,7 @@ def arm_floor(space: dict[str, Any], params: list[dict[str, Any]], tmp: Path, th
 def arm_tuner(space: dict[str, Any], params: list[dict[str, Any]], tmp: Path, threads: int) -> dict[str, Any]:
     import trainables
     import trainables.loop
-    from tuner.runner import run_study
+    from tuner.run.execute import execute_study
     from tuner.study import RunOptions, StudySpec
 
     storage, tracking = str(tmp / "optuna.journal"), f"sqlite:///{tmp / 'mlflow.db'}"
@@ -98,7 +98,7 @@ def arm_tuner(space: dict[str, Any], params: list[dict[str, Any]], tmp: Path, th
     try:
         spec = StudySpec(name=STUDY, space=space, sampler="random", pruner="none", n_trials=len(params), seed=0)
         options = RunOptions(storage=storage, tracking_uri=tracking, quiet=True, report=False)
-        study = run_study(spec, options, fit=fit)
+        study = execute_study(dataclasses.replace(spec, trainable=fit), options)
     finally:
         trainables.loop._save_checkpoint = save
     same_params("tuner", params, [t.params for t in study.trials])
@@ -341,7 +341,7 @@ def main() -> None:
     import mlflow  # noqa: F401
 
     import trainables
-    import tuner.runner  # noqa: F401
+    import tuner.run.execute  # noqa: F401
 
     for a in arms:
         if a in NEEDS:

@@ -1,7 +1,7 @@
 """Pruning efficiency: what each pruner saves, and what it costs in the best result found.
 
 Each pruner of tuner (median, hyperband, successive_halving) and no pruning run the same
-study, real training through `tuner.runner.run_study` (journal file and SQLite MLflow in a
+study, real training through `tuner.run.execute.execute_study` (journal file and SQLite MLflow in a
 temp dir), on MNIST-1D with the default search space and a fixed epoch budget per trial: the
 same TPE seed and the same number of trials, for each of 3 seeds. Reported per run:
 
@@ -35,7 +35,7 @@ def run(pruner: str, seed: int, space: dict[str, Any], n_trials: int) -> dict[st
     """One study; returns its trials' outcomes in the order they ended."""
     from optuna.trial import TrialState
 
-    from tuner.runner import run_study
+    from tuner.run.execute import execute_study
     from tuner.study import RunOptions, StudySpec
 
     with tempfile.TemporaryDirectory(prefix=f"bench-pruning-{pruner}-") as tmp:
@@ -44,7 +44,7 @@ def run(pruner: str, seed: int, space: dict[str, Any], n_trials: int) -> dict[st
             storage=f"{tmp}/optuna.journal", tracking_uri=f"sqlite:///{tmp}/mlflow.db", quiet=True, report=False
         )
         started = time.time()
-        study = run_study(spec, options)
+        study = execute_study(spec, options)
         wall = time.time() - started
         trials = study.trials
     ended = sorted((t for t in trials if t.datetime_complete), key=lambda t: t.datetime_complete)

@@ -1,10 +1,23 @@
 """tuner: Optuna studies over PyTorch trainables, tracked in MLflow.
 
-The pieces, one module each: `space` (search spaces as data), `study` (a study's spec and
-sampler/pruner), `adapter` (trainable <-> Optuna/MLflow, trial states), `tracking` (MLflow),
-`runner` (runs a study), `group` (scripts that run several studies alike), `cli` (the `tuner` command).
+The run path, in the order a trial passes through it (each module imports only those above it):
 
-Names are imported on first use, so that `tuner --help` does not wait for torch.
+    tuner/study.py, space.py, group.py   data: what a study is, its search space, a group of studies
+    tuner/locations.py                   data: storage URLs and tracking URIs, and their checks
+    tuner/cli.py, scripts.py             the shell: flags -> RunOptions, a study script -> its STUDY
+    tuner/run/api.py                     run_study / create / join: the top stage, also for Python callers
+    tuner/run/group.py                   a study group: each member study in turn, then the re-runs
+    tuner/run/execute.py                 execute_study: the plan, then trials here or in workers (join)
+    tuner/run/plan.py                    the resolved study: spec + options, trainable resolved (one place)
+    tuner/run/launch.py                  N local `tuner worker` processes on one study
+    tuner/run/open.py                    the Optuna study (storage.py, journal.py) and its MLflow parent run
+    tuner/run/adapter.py                 one trial: trainable epochs -> reports, pruning, records, states
+    trainables/                          the trainable itself: PyTorch only
+    tuner/tracking.py, record_writer.py  the trial's MLflow run, written by a helper process
+    tuner/run/finish.py                  the report (tuner/report/) and where to browse
+
+Errors every layer may raise are in `tuner.errors`. Names are imported on first use, so that
+`tuner --help` does not wait for torch.
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ _EXPORTS = {
     "Int": "tuner.space",
     "default_space": "tuner.space",
     "RunOptions": "tuner.study",
+    "run_study": "tuner.run.api",
     "StudySpec": "tuner.study",
     "UserError": "tuner.errors",
     "main_for_script": "tuner.cli",

@@ -13,8 +13,8 @@ import signal
 import sys
 from typing import Any
 
-from tuner.errors import UserError
-from tuner.storage import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, redact
+from tuner.errors import TerminatedError, UserError
+from tuner.locations import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, redact
 
 
 class _Parser(argparse.ArgumentParser):
@@ -200,10 +200,6 @@ def _dispatch(args: argparse.Namespace, command: Any) -> int:
         return 2
 
 
-class TerminatedError(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C (the running trial is closed) but exiting 143."""
-
-
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise TerminatedError()
 
@@ -218,13 +214,13 @@ def _run_command(args: argparse.Namespace) -> int:
 
         return run_and_summarise(load_study_script(args.script), args)
     if args.command == "create":
+        from tuner.run.api import create
         from tuner.scripts import load_study_script
-        from tuner.workers import create
 
         return create(load_study_script(args.script), run_options(args))
     if args.command == "worker":
         from tuner.heap import collections_held
-        from tuner.workers import join
+        from tuner.run.api import join
 
         options = run_options(args)
         with collections_held():
@@ -285,13 +281,14 @@ def _workers(args: argparse.Namespace) -> int:
     return int(workers) if workers is not None else max(1, len(getattr(args, "gpus", ())))
 
 
-def run_and_summarise(study_spec: Any, args: argparse.Namespace) -> int:
+def run_and_summarise(study: Any, args: argparse.Namespace) -> int:
     from tuner.heap import collections_held
     from tuner.results import print_summary
+    from tuner.run.api import run_study
 
     options = run_options(args)
     with collections_held():
-        result = study_spec.run(options)
+        result = run_study(study, options)
     studies = result if isinstance(result, list) else [result]  # a study script may run several
     for i, study in enumerate(studies):
         print_summary(study, options, where=i == len(studies) - 1)

@@ -48,6 +48,12 @@ _RUN_ID = "run_id"
 NEW_RUN = "new-run:"  # how the keys of runs created through the writer begin (MLflow's run ids are hex)
 
 
+def quiet_mlflow() -> None:
+    """Keep MLflow's and its database migrations' INFO chatter off the console."""
+    for name in ("mlflow", "alembic", "alembic.runtime.migration", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 class RunLost(RuntimeError):
     """A write names a run that was never created: its creation failed, or was lost with the helper process."""
 
@@ -237,8 +243,7 @@ def writer() -> RecordWriter:
 def serve(messages: IO[bytes], replies: IO[bytes]) -> None:
     """The helper's loop: apply each message in order until the input ends."""
     from tuner.heap import freeze_heap
-    from tuner.storage import redact
-    from tuner.tracking import quiet_mlflow
+    from tuner.locations import redact
 
     quiet_mlflow()
     local = RecordWriter(inline=True)  # applies each write here, with a client per tracking URI

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import UserError
-from tuner.storage import open_storage, redact, storage_kind
+from tuner.locations import redact, storage_kind
+from tuner.storage import open_storage
 
 
 def _open_existing(storage: str) -> Any:

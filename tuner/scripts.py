@@ -1,4 +1,4 @@
-"""Study scripts: a file in studies/ that defines `STUDY` (anything with `run(options)`)."""
+"""Study scripts: a file in studies/ that defines `STUDY` (a StudySpec or a StudyGroup)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,10 @@ def load_study_script(path: str) -> Any:
         raise
     except Exception as exc:
         raise UserError(f"study script {path} failed to load: {type(exc).__name__}: {exc}") from exc
+    from tuner.group import StudyGroup
+    from tuner.study import StudySpec
+
     study = getattr(module, "STUDY", None)
-    if study is None or not callable(getattr(study, "run", None)):
+    if not isinstance(study, StudySpec | StudyGroup):
         raise UserError(f"study script {path} defines no STUDY; add e.g. STUDY = StudySpec(name='my-study')")
     return study

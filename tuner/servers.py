@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from tuner.errors import UserError
-from tuner.storage import check_storage_url, check_tracking_uri, default_artifact_root, redact, storage_kind
+from tuner.locations import check_storage_url, check_tracking_uri, default_artifact_root, redact, storage_kind
 
 HOST = "127.0.0.1"
 START_SECONDS = 180.0  # mlflow server answers after about 10 s on two idle cores; far later on busy ones
@@ -170,7 +170,7 @@ def runs_page(tracking_uri: str, base_url: str, study: str | None = None) -> str
     """The runs table of the study's experiment (the newest study's when none is named)."""
     from mlflow import MlflowClient
 
-    from tuner.tracking import quiet_mlflow
+    from tuner.record_writer import quiet_mlflow
 
     quiet_mlflow()
     client = MlflowClient(tracking_uri)

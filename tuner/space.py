@@ -17,12 +17,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import optuna
+from typing import TYPE_CHECKING, Any
 
 from trainables import ADAM_FAMILY, MOMENTUM_OPTIMIZERS, OPTIMIZERS, SCHEDULES, TrainConfig
 from tuner.errors import UserError
+
+if TYPE_CHECKING:
+    import optuna
 
 Condition = Mapping[str, Sequence[Any]]
 

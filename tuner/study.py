@@ -1,14 +1,19 @@
-"""What a study is (`StudySpec`), how a run of it is set (`RunOptions`), and its sampler and pruner."""
+"""What a study is (`StudySpec`) and how a run of it is set (`RunOptions`): frozen data and its checks.
+
+Nothing here opens a storage, starts MLflow, spawns a process or trains: the stages in
+`tuner.run` do, given a plan made from these (`tuner.run.plan`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from tuner.errors import UserError
+from tuner.locations import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, check_storage_url, check_tracking_uri, redact
 from tuner.space import (
     Categorical,
     Space,
@@ -18,10 +23,10 @@ from tuner.space import (
     space_from_description,
     validate_space,
 )
-from tuner.storage import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, check_storage_url, check_tracking_uri, redact
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc")
 PRUNERS = ("median", "hyperband", "successive_halving", "percentile", "none")
+BUILTIN_TRAINABLE = "trainables:fit"  # the built-in trainable: TrainConfig in, EpochResult per epoch out
 METRICS = {"val_acc": "maximize", "val_loss": "minimize", "train_acc": "maximize", "train_loss": "minimize"}
 
 
@@ -66,6 +71,9 @@ class StudySpec:
     direction: str | None = None  # default: the metric's natural direction
     seed: int = 0
     user_attrs: Mapping[str, Any] = field(default_factory=dict)  # set on the Optuna study, e.g. {"kind": ...}
+    # What trains a trial: an importable reference "module:function" (every worker process
+    # resolves it the same way, `tuner.run.plan`), or the function itself.
+    trainable: str | Callable[..., Any] = BUILTIN_TRAINABLE
 
     def with_options(self, options: RunOptions) -> StudySpec:
         """The spec with the CLI's overrides applied."""
@@ -108,6 +116,10 @@ class StudySpec:
             raise UserError(f"pruner {self.pruner!r} is unknown: choose one of {', '.join(PRUNERS)}")
         if self.metric not in METRICS:
             raise UserError(f"metric {self.metric!r} is not reported every epoch: choose one of {', '.join(METRICS)}")
+        if not (callable(self.trainable) or (isinstance(self.trainable, str) and ":" in self.trainable)):
+            raise UserError(
+                f"trainable {self.trainable!r}: give an import path 'module:function' or the function itself"
+            )
         if self.direction not in (None, "maximize", "minimize"):
             raise UserError(f"direction {self.direction!r} is invalid: use maximize or minimize")
         if self.n_trials is not None and (isinstance(self.n_trials, bool) or self.n_trials < 1):
@@ -136,32 +148,26 @@ class StudySpec:
 
     def to_record(self) -> dict[str, Any]:
         """The spec as JSON-friendly data, kept in the study so that `tuner worker` can rebuild it."""
-        record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "space"}
-        return {**record, "space": describe(self.space)}
+        record = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("space", "trainable")
+        }
+        trainable = self.trainable if isinstance(self.trainable, str) else None  # the plan records a function's path
+        return {**record, "space": describe(self.space), "trainable": trainable}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> StudySpec:
         known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in record.items() if k in known and k != "space"}
-        return cls(**values, space=space_from_description(record["space"]))
+        values = {k: v for k, v in record.items() if k in known and k not in ("space", "trainable")}
+        trainable = record.get("trainable", BUILTIN_TRAINABLE)  # records older than the field: the built-in
+        if trainable is None:
+            raise UserError(
+                f"study {record.get('name')!r} trains a function that only its launching process can call "
+                "(no import path was recorded); give its StudySpec trainable='module:function' to run it in workers"
+            )
+        return cls(**values, space=space_from_description(record["space"]), trainable=trainable)
 
     def describe_space(self) -> dict[str, Any]:
         return describe(self.space)
-
-    def run(self, options: RunOptions) -> Any:
-        """Run the study (what `tuner run` and `python studies/X.py` call); returns the Optuna study."""
-        from tuner.runner import run_study
-
-        if options.budget != "default":
-            raise UserError(
-                f"--budget {options.budget}: study {self.name!r} has only the default budget; drop --budget"
-            )
-
-        from tuner.group import finish
-
-        study = run_study(self, options)
-        finish([study.study_name], study.study_name, options)  # the report, and where to browse
-        return study
 
 
 def check_workers(options: RunOptions, space: Space) -> None:
@@ -214,43 +220,6 @@ def check_datasets(space: Space) -> None:
                     check_dataset_files(str(dataset), str(data_dir), bool(download))
                 except DatasetNotFound as exc:
                     raise UserError(str(exc)) from None
-
-
-def make_sampler(spec: StudySpec) -> Any:
-    import optuna
-
-    s = optuna.samplers
-    seed = spec.seed
-    if spec.sampler == "tpe":
-        return s.TPESampler(seed=seed)
-    if spec.sampler == "random":
-        return s.RandomSampler(seed=seed)
-    if spec.sampler == "grid":
-        return s.GridSampler(grid_values(spec.space), seed=seed)
-    if spec.sampler == "cmaes":
-        return s.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    if spec.sampler == "gp":
-        return s.GPSampler(seed=seed, warn_independent_sampling=False)
-    if spec.sampler == "qmc":
-        return s.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
-    raise UserError(f"sampler {spec.sampler!r} is unknown: choose one of {', '.join(SAMPLERS)}")
-
-
-def make_pruner(spec: StudySpec) -> Any:
-    import optuna
-
-    p = optuna.pruners
-    if spec.pruner == "median":
-        return p.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
-    if spec.pruner == "hyperband":
-        return p.HyperbandPruner(min_resource=1)
-    if spec.pruner == "successive_halving":
-        return p.SuccessiveHalvingPruner(min_resource=1)
-    if spec.pruner == "percentile":
-        return p.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=2)
-    if spec.pruner == "none":
-        return p.NopPruner()
-    raise UserError(f"pruner {spec.pruner!r} is unknown: choose one of {', '.join(PRUNERS)}")
 
 
 def check_checkpoint_every(seconds: float) -> None:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import subprocess
 import time
 import traceback as traceback_module
 from typing import TYPE_CHECKING, Any
 
-from tuner.record_writer import RecordWriter, writer
-from tuner.storage import default_artifact_root, redact, use_wal
+from tuner.locations import default_artifact_root, redact
+from tuner.record_writer import RecordWriter, quiet_mlflow, writer
+from tuner.storage import use_wal
 
 if TYPE_CHECKING:
     import optuna
@@ -33,12 +33,6 @@ FLUSH_SECONDS = 5.0
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attribute: the parent run, shared by all workers
 RUN_ID_ATTR = "mlflow_run_id"  # trial user attribute: the trial's child run
 _MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
-
-
-def quiet_mlflow() -> None:
-    """Keep MLflow's and its database migrations' INFO chatter off the console."""
-    for name in ("mlflow", "alembic", "alembic.runtime.migration", "sqlalchemy"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class StudyTracking:

@@ -17,6 +17,7 @@ from trainables import OPTIMIZERS, EpochResult, TrainConfig
 from tuner.cli import main
 from tuner.errors import UserError
 from tuner.group import RERUNS_ATTR, StudyGroup
+from tuner.run.api import run_study
 from tuner.scripts import load_study_script
 from tuner.storage import open_storage
 from tuner.study import RunOptions
@@ -58,7 +59,7 @@ def test_every_script_runs_with_a_tiny_budget(script: Path, options: RunOptions)
     options = dataclasses.replace(options, report=True)
     if is_group:
         options = dataclasses.replace(options, budget="small")
-    result = study.run(options)
+    result = run_study(study, options)
     ran = result if isinstance(result, list) else [result]
 
     assert ran and set(studies_in(options)) == {s.study_name for s in ran}
@@ -105,7 +106,7 @@ def test_comparison_makes_a_study_per_optimizer_and_a_seeds_study_and_resumes_to
     comparison: StudyGroup, options: RunOptions
 ) -> None:
     options = dataclasses.replace(options, budget="small", study_name="cmp")
-    comparison.run(options, fit=curve_fit)
+    run_study(dataclasses.replace(comparison, trainable=curve_fit), options)
     studies = studies_in(options)
 
     assert set(studies) == {f"cmp.{o}" for o in OPTIMIZERS} | {"cmp.seeds"}
@@ -138,12 +139,16 @@ def test_comparison_makes_a_study_per_optimizer_and_a_seeds_study_and_resumes_to
             assert rest["lr"] == (1e-3 if optimizer in ("adam", "adamw") else 0.01)
             assert rest["weight_decay"] == (0.01 if optimizer == "adamw" else 0.0)
 
-    comparison.run(options, fit=curve_fit)  # resumed with nothing missing: nothing runs
+    run_study(
+        dataclasses.replace(comparison, trainable=curve_fit), options
+    )  # resumed with nothing missing: nothing runs
     assert {name: len(s.get_trials()) for name, s in studies_in(options).items()} == {
         **{f"cmp.{o}": 2 for o in OPTIMIZERS},
         "cmp.seeds": 28,
     }
-    comparison.run(dataclasses.replace(options, n_trials=3), fit=curve_fit)  # a larger budget: one more each
+    run_study(
+        dataclasses.replace(comparison, trainable=curve_fit), dataclasses.replace(options, n_trials=3)
+    )  # a larger budget: one more each
     assert {name: len(s.get_trials()) for name, s in studies_in(options).items()} == {
         **{f"cmp.{o}": 3 for o in OPTIMIZERS},
         "cmp.seeds": 28,  # the re-runs planned the first time were run once; the plan is kept
@@ -151,7 +156,7 @@ def test_comparison_makes_a_study_per_optimizer_and_a_seeds_study_and_resumes_to
     assert len(studies_in(options)["cmp.seeds"].user_attrs[RERUNS_ATTR]) == 28
 
     with pytest.raises(UserError, match="was run with --budget small"):  # other epochs: not the same study
-        comparison.run(dataclasses.replace(options, budget="default"), fit=curve_fit)
+        run_study(dataclasses.replace(comparison, trainable=curve_fit), dataclasses.replace(options, budget="default"))
     assert len(studies_in(options)["cmp.adam"].get_trials()) == 3
 
 
@@ -159,12 +164,12 @@ def test_an_interrupted_comparison_resumes_each_rerun_once(comparison: StudyGrou
     two = dataclasses.replace(comparison, studies=lambda base, budget: comparison.studies(base, budget)[:2])
     options = dataclasses.replace(options, budget="small")
     with pytest.raises(KeyboardInterrupt):  # the 4 tuning trials run, then the 5th re-run is interrupted
-        two.run(options, fit=fake_fit_interrupted_at(4 + 5))
+        run_study(dataclasses.replace(two, trainable=fake_fit_interrupted_at(4 + 5)), options)
     seeds = studies_in(options)["optimizer-comparison.seeds"]
     states = [t.state for t in seeds.get_trials()]
     assert states.count(TrialState.COMPLETE) == 4 and states.count(TrialState.FAIL) == 1
 
-    two.run(options, fit=curve_fit)
+    run_study(dataclasses.replace(two, trainable=curve_fit), options)
     seeds = studies_in(options)["optimizer-comparison.seeds"]
     complete = [t for t in seeds.get_trials() if t.state == TrialState.COMPLETE]
     assert len(seeds.get_trials()) == 2 * 2 * 2 + 1  # the plan, and the interrupted one's retry

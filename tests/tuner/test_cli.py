@@ -14,14 +14,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 from tuner import StudySpec, Float, main_for_script
-from tests.tuner.fakes import curve_fit
 
-class Scripted(StudySpec):
-    def run(self, options):
-        from tuner.runner import run_study
-        return run_study(self, options, fit=curve_fit)
-
-STUDY = Scripted(name="cli-study", space={{"lr": Float(1e-5, 1.0, log=True), "epochs": 4{extra}}}, n_trials=5{spec_extra})
+STUDY = StudySpec(
+    name="cli-study",
+    space={{"lr": Float(1e-5, 1.0, log=True), "epochs": 4{extra}}},
+    n_trials=5,
+    trainable="tests.tuner.fakes:curve_fit"{spec_extra},
+)
 
 if __name__ == "__main__":
     main_for_script(STUDY)

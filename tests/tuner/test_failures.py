@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from tests.tuner.fakes import curve_fit
 from trainables import EpochResult, TrainConfig
-from tuner.runner import run_study
+from tuner.run.execute import execute_study
 from tuner.space import Float
 from tuner.study import RunOptions, StudySpec
 from tuner.tracking import RUN_ID_ATTR
@@ -47,7 +47,7 @@ def test_cuda_out_of_memory_fails_the_trial_frees_its_memory_and_the_study_goes_
         yield from curve_fit(config)
 
     space = {"lr": Float(1e-3, 1e-1, log=True), "epochs": 3, "batch_size": 4096, "model": "mlp"}
-    study = run_study(StudySpec(name="oom", space=space, n_trials=3), options, fit=fit)
+    study = execute_study(StudySpec(name="oom", space=space, n_trials=3, trainable=fit), options)
 
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     reason = study.trials[0].user_attrs["reason"]

@@ -8,6 +8,7 @@ test_workers.py does it with real processes).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +20,10 @@ from optuna.trial import TrialState
 from tests.tuner.fakes import curve_fit
 from tests.tuner.procs import postgres_url, wait_for
 from trainables import EpochResult, TrainConfig
-from tuner.adapter import ATTEMPT_OF_ATTR, TrialRunner
-from tuner.runner import counted_trials, make_runner, prepare_study, work
+from tuner.run.adapter import ATTEMPT_OF_ATTR, TrialRunner
+from tuner.run.execute import make_runner, work
+from tuner.run.open import counted_trials, prepare_study
+from tuner.run.plan import make_plan
 from tuner.space import Float
 from tuner.study import RunOptions, StudySpec
 from tuner.tracking import RUN_ID_ATTR
@@ -52,7 +55,7 @@ def test_dead_workers_trial_is_detected_closed_retried_and_resumed(
     monkeypatch.setenv("TUNER_GRACE_SECONDS", "2")
     options = RunOptions(storage=_storage_url(kind, tmp_path, request), tracking_uri=tracking_uri, quiet=True)
     spec = StudySpec(name=f"stale-{kind}", space={"lr": Float(1e-3, 1e-1, log=True), "epochs": 3}, n_trials=1)
-    study, tracking = prepare_study(spec, options)
+    study, tracking = prepare_study(make_plan(spec, options))
 
     # the worker that dies: starts trial 0, records its run and one heartbeat, then nothing
     dead = study.ask()
@@ -87,7 +90,7 @@ def test_dead_workers_trial_is_detected_closed_retried_and_resumed(
     assert retry.number == retry_trial.number and retry.params == {"lr": lr}
     optuna.storages.fail_stale_trials(study)
     assert study.trials[1].state == TrialState.RUNNING
-    runner = make_runner(spec, options, tracking, fit=curve_fit)
+    runner = make_runner(make_plan(dataclasses.replace(spec, trainable=curve_fit), options), tracking)
     assert isinstance(runner, TrialRunner)
     study.tell(retry, runner(retry))
     tracking.sync()  # the trial's records are written by the helper process
@@ -109,7 +112,7 @@ def test_a_worker_that_died_before_its_first_report_has_its_run_found_by_its_tag
     monkeypatch.setenv("TUNER_GRACE_SECONDS", "2")
     options = RunOptions(storage=str(tmp_path / "optuna.journal"), tracking_uri=tracking_uri, quiet=True)
     spec = StudySpec(name="died-early", space={"lr": Float(1e-3, 1e-1, log=True), "epochs": 2}, n_trials=1)
-    study, tracking = prepare_study(spec, options)
+    study, tracking = prepare_study(make_plan(spec, options))
     dead = study.ask()
     lr = dead.suggest_float("lr", 1e-3, 1e-1, log=True)
     dead_run = tracking.start_trial(dead.number, dead.params, TrainConfig(lr=lr, epochs=2))
@@ -130,7 +133,7 @@ def test_a_worker_that_died_before_its_first_report_has_its_run_found_by_its_tag
     assert retry_trial.user_attrs[RUN_ID_ATTR] == dead_run.run_id  # found by the trial number tag
 
     retry = study.ask()
-    runner = make_runner(spec, options, tracking, fit=curve_fit)
+    runner = make_runner(make_plan(dataclasses.replace(spec, trainable=curve_fit), options), tracking)
     study.tell(retry, runner(retry))
     tracking.sync()
     retry_run = client.get_run(study.trials[1].user_attrs[RUN_ID_ATTR])
@@ -144,7 +147,7 @@ def test_a_live_trial_failed_as_stale_under_its_worker_stops_and_the_worker_goes
     failed and retried by another: it stops that attempt, keeps its checkpoint and runs on."""
     options = RunOptions(storage=str(tmp_path / "optuna.journal"), tracking_uri=tracking_uri, quiet=True)
     spec = StudySpec(name="taken-over", space={"lr": Float(1e-3, 1e-1, log=True), "epochs": 4}, n_trials=2)
-    study, tracking = prepare_study(spec, options)
+    study, tracking = prepare_study(make_plan(spec, options))
     handler = study._storage.get_heartbeat_stale_trial_callback()
 
     def paused_fit(
@@ -160,7 +163,7 @@ def test_a_live_trial_failed_as_stale_under_its_worker_stops_and_the_worker_goes
                 handler(study, study._storage.get_trial(running._trial_id))
             yield result
 
-    runner = make_runner(spec, options, tracking, fit=paused_fit)
+    runner = make_runner(make_plan(dataclasses.replace(spec, trainable=paused_fit), options), tracking)
     assert work(study, runner, timeout=None) == 3  # trial 0, its retry, and trial 2
     states = [t.state for t in study.trials]
     assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from tests.tuner.fakes import curve_fit
 from tests.tuner.procs import REPO, wait_for
 from tuner.record_writer import MODE_ENV, NEW_RUN, RecordWriter, RunLost, writer
-from tuner.runner import run_study
+from tuner.run.execute import execute_study
 from tuner.servers import start_mlflow
 from tuner.space import Float
 from tuner.study import RunOptions, StudySpec
@@ -60,7 +60,9 @@ def test_a_study_tracked_on_a_tracking_server_is_written_whole_through_the_helpe
         options = RunOptions(
             storage=str(tmp_path / "optuna.journal"), tracking_uri=server.url, quiet=True, report=False
         )
-        study = run_study(StudySpec(name="served", space=SPACE, pruner="none", n_trials=3), options, fit=curve_fit)
+        study = execute_study(
+            StudySpec(name="served", space=SPACE, pruner="none", n_trials=3, trainable=curve_fit), options
+        )
         assert writer()._helper is not None  # the server's writes went through the helper
         client = MlflowClient(server.url)
         experiment = client.get_experiment_by_name("served")

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tests.tuner.fakes import curve_fit, diverging_fit, failing_fit
-from tuner.runner import run_study
+from tuner.run.execute import execute_study
 from tuner.space import Float
 from tuner.study import RunOptions, StudySpec
 from tuner.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR
@@ -30,7 +30,7 @@ def child_runs(options: RunOptions, study: optuna.Study) -> list:
 
 def test_every_trial_has_one_child_run_with_matching_state(options: RunOptions) -> None:
     spec = StudySpec(name="fake", space=SPACE, pruner="median", n_trials=24, seed=1)
-    study = run_study(spec, options, fit=curve_fit)
+    study = execute_study(replace(spec, trainable=curve_fit), options)
     trials = study.get_trials()
     runs = child_runs(options, study)
 
@@ -67,7 +67,7 @@ def test_every_trial_has_one_child_run_with_matching_state(options: RunOptions) 
 
 
 def test_parent_run_records_settings_and_best(options: RunOptions) -> None:
-    study = run_study(StudySpec(name="best", space=SPACE, n_trials=8), options, fit=curve_fit)
+    study = execute_study(StudySpec(name="best", space=SPACE, n_trials=8, trainable=curve_fit), options)
     client = MlflowClient(options.tracking_uri)
     parent = client.get_run(study.user_attrs[PARENT_RUN_ATTR])
     assert parent.info.status == "FINISHED"
@@ -82,9 +82,9 @@ def test_parent_run_records_settings_and_best(options: RunOptions) -> None:
 
 def test_running_again_resumes_the_same_study_and_parent_run(options: RunOptions) -> None:
     spec = StudySpec(name="resume", space=SPACE, n_trials=3)
-    first = run_study(spec, options, fit=curve_fit)
+    first = execute_study(replace(spec, trainable=curve_fit), options)
     parent_id = first.user_attrs[PARENT_RUN_ATTR]
-    second = run_study(spec, replace(options, n_trials=2), fit=curve_fit)
+    second = execute_study(replace(spec, trainable=curve_fit), replace(options, n_trials=2))
     assert second.user_attrs[PARENT_RUN_ATTR] == parent_id
     assert len(second.get_trials()) == 5
     assert len(child_runs(options, second)) == 5
@@ -97,8 +97,8 @@ def test_running_again_resumes_the_same_study_and_parent_run(options: RunOptions
 
 
 def test_failing_trial_is_recorded_and_the_study_goes_on(options: RunOptions) -> None:
-    study = run_study(
-        StudySpec(name="fails", space=SPACE, n_trials=3), options, fit=failing_fit(ValueError("boom at epoch 2"))
+    study = execute_study(
+        StudySpec(name="fails", space=SPACE, n_trials=3, trainable=failing_fit(ValueError("boom at epoch 2"))), options
     )
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL] * 3  # all three ran: one failure did not stop the study
@@ -115,7 +115,7 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(options: RunOptions) ->
 
 def test_diverged_trial_is_pruned_with_its_reason(options: RunOptions) -> None:
     space = {"lr": Float(0.2, 0.9, log=True), "epochs": 4}
-    study = run_study(StudySpec(name="diverge", space=space, n_trials=2), options, fit=diverging_fit)
+    study = execute_study(StudySpec(name="diverge", space=space, n_trials=2, trainable=diverging_fit), options)
     client = MlflowClient(options.tracking_uri)
     for trial in study.get_trials():
         assert trial.state == TrialState.PRUNED
@@ -127,7 +127,7 @@ def test_diverged_trial_is_pruned_with_its_reason(options: RunOptions) -> None:
 def test_cuda_out_of_memory_fails_the_trial_naming_batch_size_and_model(options: RunOptions) -> None:
     oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     space = {"lr": Float(1e-3, 1e-1, log=True), "epochs": 3, "batch_size": 512, "model": "mlp"}
-    study = run_study(StudySpec(name="oom", space=space, n_trials=2), options, fit=failing_fit(oom))
+    study = execute_study(StudySpec(name="oom", space=space, n_trials=2, trainable=failing_fit(oom)), options)
     for trial in study.get_trials():
         assert trial.state == TrialState.FAIL
         assert trial.user_attrs["reason"].startswith("CUDA out of memory with batch_size 512 and model mlp")
@@ -135,7 +135,9 @@ def test_cuda_out_of_memory_fails_the_trial_naming_batch_size_and_model(options:
 
 def test_interrupt_closes_the_trial_as_killed(options: RunOptions) -> None:
     with pytest.raises(KeyboardInterrupt):
-        run_study(StudySpec(name="interrupt", space=SPACE, n_trials=3), options, fit=failing_fit(KeyboardInterrupt()))
+        execute_study(
+            StudySpec(name="interrupt", space=SPACE, n_trials=3, trainable=failing_fit(KeyboardInterrupt())), options
+        )
     client = MlflowClient(options.tracking_uri)
     experiment = client.get_experiment_by_name("interrupt")
     runs = client.search_runs([experiment.experiment_id], "tags.`tuner.role` = 'trial'")
@@ -155,7 +157,7 @@ def test_real_training_study_end_to_end(options: RunOptions) -> None:
         "device": "cpu",
     }
     options = replace(options, checkpoint_every=0)  # a checkpoint every epoch, removed at the end
-    study = run_study(StudySpec(name="real", space=space, pruner="none", n_trials=3), options)
+    study = execute_study(StudySpec(name="real", space=space, pruner="none", n_trials=3), options)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     runs = child_runs(options, study)
@@ -170,7 +172,7 @@ def test_kept_checkpoints_hold_each_trials_trained_model(options: RunOptions) ->
     """--keep-checkpoints: saved after every epoch whatever --checkpoint-every says, so each holds the last."""
     space = {"lr": Float(1e-3, 3e-2, log=True), "epochs": 2, "train_samples": 200, "device": "cpu"}
     options = replace(options, keep_checkpoints=True)  # checkpoint_every stays at its 30 s default
-    study = run_study(StudySpec(name="kept", space=space, pruner="none", n_trials=2), options)
+    study = execute_study(StudySpec(name="kept", space=space, pruner="none", n_trials=2), options)
     kept = sorted(Path(options.storage).parent.joinpath("checkpoints").rglob("trial-*.pt"))
     assert [p.name for p in kept] == [f"trial-{t.number}.pt" for t in study.trials]
     for path in kept:

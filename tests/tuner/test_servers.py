@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import queue
@@ -25,7 +26,7 @@ from mlflow import MlflowClient
 
 from tests.tuner.fakes import curve_fit
 from tuner.errors import UserError
-from tuner.runner import run_study
+from tuner.run.execute import execute_study
 from tuner.servers import HOST, check_port, start_dashboard, start_mlflow
 from tuner.space import Float
 from tuner.study import RunOptions, StudySpec
@@ -54,7 +55,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
         storage=str(tmp / "optuna.journal"), tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", quiet=True, report=False
     )
     spec = StudySpec(name=STUDY, space={"lr": Float(1e-4, 1e-1, log=True), "epochs": 3}, n_trials=N_TRIALS)
-    study = run_study(spec, options, fit=curve_fit)
+    study = execute_study(dataclasses.replace(spec, trainable=curve_fit), options)
     client = MlflowClient(options.tracking_uri)
     experiment = client.get_experiment_by_name(STUDY)
     parent = study.user_attrs[PARENT_RUN_ATTR]

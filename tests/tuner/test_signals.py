@@ -15,7 +15,8 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tests.tuner.procs import SLOW_SPACE, fake_mnist, finish, start_tuner, wait_for, write_script
-from tuner.adapter import ATTEMPT_OF_ATTR, REASON_ATTR
+from tuner.run.adapter import ATTEMPT_OF_ATTR, REASON_ATTR
+from tuner.run.api import run_study
 from tuner.scripts import load_study_script
 from tuner.storage import open_storage
 from tuner.study import RunOptions
@@ -58,7 +59,7 @@ def test_sigterm_closes_the_trial_requeues_it_and_the_next_run_resumes_it(tmp_pa
     options = RunOptions(
         n_trials=1, storage=str(store / "optuna.journal"), tracking_uri=f"sqlite:///{store / 'mlflow.db'}"
     )
-    load_study_script(str(script)).run(replace(options, quiet=True, report=False))
+    run_study(load_study_script(str(script)), replace(options, quiet=True, report=False))
     study = load(tmp_path, "term")
     assert len(study.trials) == 2  # the re-queued trial was the one trial of this run
     retry = study.trials[1]

@@ -30,14 +30,16 @@ from tests.tuner.procs import (
     wait_for,
     write_script,
 )
-from tuner.adapter import ATTEMPT_OF_ATTR, WORKER_ATTR
+from tuner.errors import WorkersFailed
 from tuner.results import print_summary
-from tuner.runner import counted_trials, run_study
+from tuner.run.adapter import ATTEMPT_OF_ATTR, WORKER_ATTR
+from tuner.run.api import create
+from tuner.run.execute import execute_study
+from tuner.run.open import counted_trials
 from tuner.scripts import load_study_script
 from tuner.storage import open_storage, redact
 from tuner.study import RunOptions
 from tuner.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR
-from tuner.workers import WorkersFailed, create
 
 __all__ = ["fake_mnist", "postgres_url"]  # fixtures
 SECRET = "s3cret-pw"
@@ -82,7 +84,7 @@ def test_four_workers_share_one_study_and_its_budget(
         workers=4, storage=storage, tracking_uri=tracking_uri, quiet=True, report=False, checkpoint_every=0
     )
     try:
-        run_study(load_study_script(str(script)), options)
+        execute_study(load_study_script(str(script)), options)
     except WorkersFailed as exc:
         pytest.fail(f"{exc}\n{capfd.readouterr().err}")
     study = load(storage, "four")

@@ -18,7 +18,7 @@ import pandas as pd
 from tuner.report.mlflow_read import FINAL_KEYS, RunRecords, read_runs
 from tuner.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR
 
-# Trial user attributes written by tuner.adapter (not imported from there: it imports torch).
+# Trial user attributes written by tuner.run.adapter (not imported from there: it imports torch).
 REASON_ATTR = "reason"
 PRUNED_AT_ATTR = "pruned_at_epoch"
 

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import UserError
-from tuner.storage import open_storage, redact, storage_kind
+from tuner.locations import redact, storage_kind
+from tuner.storage import open_storage
 
 KIND_ORDER = ("optimizer_tuning", "seeds", "lr_schedule", "batch_size", "regularization")
 

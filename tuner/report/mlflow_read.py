@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from tuner.storage import redact
+from tuner.locations import redact
 
 FINAL_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "samples_per_second")
@@ -60,7 +60,7 @@ def read_runs(tracking_uri: str | None, parents: dict[str, str], run_ids: list[s
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from tuner.tracking import quiet_mlflow
+    from tuner.record_writer import quiet_mlflow
 
     quiet_mlflow()
     client = MlflowClient(tracking_uri)

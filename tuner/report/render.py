@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner.errors import UserError
+from tuner.locations import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, redact
 from tuner.report.extract import Tables, extract
 from tuner.report.load import load_studies
 from tuner.report.sections import Entry, build_entries
-from tuner.storage import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, redact
 
 ARTIFACT_DIR = "report"  # under each study's MLflow parent run
 PNG_HINT = (

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from tests.tuner.fakes import curve_fit
 from tuner import Categorical, Float, RunOptions, StudySpec
 from tuner.cli import main
-from tuner.runner import run_study
+from tuner.run.execute import execute_study
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> RunOptions:
         report=False,
     )
     space = {"optimizer": Categorical(["sgd", "adam"]), "lr": Float(1e-4, 1.0, log=True), "epochs": 4, "device": "cpu"}
-    run_study(StudySpec(name="tiny", space=space, sampler="random", n_trials=8), options, fit=curve_fit)
+    execute_study(StudySpec(name="tiny", space=space, sampler="random", n_trials=8, trainable=curve_fit), options)
     return options
 
 

@@ -24,8 +24,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 import trainables
+from tuner.locations import MAX_RETRY
 from tuner.space import Space, suggest
-from tuner.storage import MAX_RETRY
 from tuner.tracking import RUN_ID_ATTR, StudyTracking, TrialRun
 
 FitFn = Callable[..., Generator["trainables.EpochResult", None, None]]  # a string: torch loads with the first trial
@@ -79,9 +79,9 @@ class TrialRunner:
 
     space: Space
     tracking: StudyTracking
+    fit: FitFn  # the plan's trainable (`tuner.run.plan`)
     metric: str = "val_acc"
     overrides: Mapping[str, Any] = field(default_factory=dict)
-    fit: FitFn = field(default_factory=lambda: trainables.fit)  # looked up late: it imports torch
     checkpoint_dir: Path | None = None
     checkpoint_every: float = 0.0  # seconds between a trial's checkpoints (0: every epoch)
     keep_checkpoints: bool = False

@@ -1,0 +1,152 @@
+"""Open a planned study: its Optuna storage, sampler and pruner, its MLflow experiment and parent run.
+
+`prepare_study` is done once, by the process that launches a run, before any worker starts:
+it records the spec in the study (so that `tuner worker` can rebuild it from the storage
+alone) and the study's trial budget, shared by every process working on it: the run's
+`n_trials` is added to the budget kept in the study (or, with `n_trials_in_all`, the budget
+is set to `n_trials`), so N workers run n_trials between them, not N times as many.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from tuner.errors import UserError
+from tuner.locations import redact
+from tuner.run.adapter import StaleTrialHandler
+from tuner.run.plan import Plan
+from tuner.space import grid_values
+from tuner.storage import open_storage, set_stale_trial_callback
+from tuner.study import PRUNERS, SAMPLERS, RunOptions, StudySpec
+from tuner.tracking import StudyTracking
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+SPEC_ATTR = "tuner:spec"  # study user attribute: the StudySpec as data, for `tuner worker`
+BUDGET_ATTR = "tuner:n_trials"  # study user attribute: how many trials the study is to have in all
+
+
+def quiet_optuna() -> None:
+    """Our progress line says what Optuna's per-trial INFO lines would."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    logging.getLogger("optuna").setLevel(logging.ERROR)
+
+
+def open_study(spec: StudySpec, options: RunOptions, create: bool = True, worker_index: int = 0) -> Any:
+    """Create the study, or load it when it exists (resume, or join from another worker).
+
+    Workers sample with seeds `worker_index` apart, or they would all draw the same trials.
+    """
+    import optuna
+
+    storage = open_storage(options.storage)
+    if spec.name in optuna.get_all_study_names(storage):
+        seeded = dataclasses.replace(spec, seed=spec.seed + worker_index) if spec.sampler != "qmc" else spec
+        study = optuna.load_study(
+            study_name=spec.name, storage=storage, sampler=make_sampler(seeded), pruner=make_pruner(spec)
+        )
+        if study.direction.name.lower() != spec.resolved_direction:
+            raise UserError(
+                f"study {spec.name!r} already exists with direction {study.direction.name.lower()}; "
+                "use another --study-name or the same metric and direction"
+            )
+        return study
+    if not create:
+        raise UserError(f"study {spec.name!r} not found in {redact(options.storage)}; run `tuner studies` to list them")
+    return optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+        direction=spec.resolved_direction,
+    )
+
+
+def prepare_study(plan: Plan) -> tuple[Any, StudyTracking]:
+    """Create or load the study, its MLflow experiment and parent run; record the spec; add to the budget."""
+    from optuna.trial import TrialState
+
+    spec, options = plan.spec, plan.options
+    study = open_study(spec, options)
+    set_user_attrs(study, spec.user_attrs)
+    tracking = open_tracking(study, spec, options)
+    set_user_attrs(study, {SPEC_ATTR: {**spec.to_record(), "trainable": plan.trainable_ref}})
+    budget = spec.n_trials
+    if budget is not None and not options.n_trials_in_all:
+        # n_trials more, queued ones (interrupted trials to resume) among them: they run first
+        trials = study.get_trials(deepcopy=False)
+        budget += counted_trials(trials) - sum(t.state == TrialState.WAITING for t in trials)
+    study.set_user_attr(BUDGET_ATTR, budget)
+    return study, tracking
+
+
+def open_tracking(study: Any, spec: StudySpec, options: RunOptions) -> StudyTracking:
+    """The study's MLflow experiment and parent run; a trial found stale then has its run closed, then is retried."""
+    tracking = StudyTracking(options.tracking_uri, study, spec.settings(options.storage), spec.describe_space())
+    set_stale_trial_callback(study._storage, StaleTrialHandler(tracking))
+    return tracking
+
+
+def close_parent_run(study: Any, tracking: StudyTracking, interrupted: bool) -> None:
+    """End the study's parent run, unless trials still run in other workers (the last one out ends it)."""
+    from optuna.trial import TrialState
+
+    tracking.sync()  # this process's trial records are written, whatever happens to the parent run
+    if not any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
+        tracking.finish_study("KILLED" if interrupted else "FINISHED")
+
+
+def counted_trials(trials: Sequence[FrozenTrial]) -> int:
+    """Trials that count against the budget: all but attempts replaced by a retry (dead worker, interrupt)."""
+    replaced = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return sum(t.number not in replaced for t in trials)
+
+
+def set_user_attrs(study: Any, attrs: Mapping[str, Any]) -> None:
+    """Record the spec's study attributes (kind, ...), writing only those that changed."""
+    for key, value in attrs.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+
+
+def make_sampler(spec: StudySpec) -> Any:
+    import optuna
+
+    s = optuna.samplers
+    seed = spec.seed
+    if spec.sampler == "tpe":
+        return s.TPESampler(seed=seed)
+    if spec.sampler == "random":
+        return s.RandomSampler(seed=seed)
+    if spec.sampler == "grid":
+        return s.GridSampler(grid_values(spec.space), seed=seed)
+    if spec.sampler == "cmaes":
+        return s.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if spec.sampler == "gp":
+        return s.GPSampler(seed=seed, warn_independent_sampling=False)
+    if spec.sampler == "qmc":
+        return s.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
+    raise UserError(f"sampler {spec.sampler!r} is unknown: choose one of {', '.join(SAMPLERS)}")
+
+
+def make_pruner(spec: StudySpec) -> Any:
+    import optuna
+
+    p = optuna.pruners
+    if spec.pruner == "median":
+        return p.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+    if spec.pruner == "hyperband":
+        return p.HyperbandPruner(min_resource=1)
+    if spec.pruner == "successive_halving":
+        return p.SuccessiveHalvingPruner(min_resource=1)
+    if spec.pruner == "percentile":
+        return p.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=2)
+    if spec.pruner == "none":
+        return p.NopPruner()
+    raise UserError(f"pruner {spec.pruner!r} is unknown: choose one of {', '.join(PRUNERS)}")
