@@ -72,6 +72,7 @@ def arm_floor(space: dict[str, Any], params: list[dict[str, Any]], tmp: Path, th
 def arm_tuner(space: dict[str, Any], params: list[dict[str, Any]], tmp: Path, threads: int) -> dict[str, Any]:
     import trainables
     import trainables.loop
+    from trainables import takes_train_config
     from tuner.run.execute import execute_study
     from tuner.study import RunOptions, StudySpec
 
@@ -90,6 +91,7 @@ def arm_tuner(space: dict[str, Any], params: list[dict[str, Any]], tmp: Path, th
     trainables.loop._save_checkpoint = timed_save
     helper_cpu_start: list[float] = []  # the writer process's CPU when the first trial starts: after set-up
 
+    @takes_train_config
     def fit(config: Any, **kwargs: Any) -> Any:
         if not helper_cpu_start:
             helper_cpu_start.append(writer_cpu())

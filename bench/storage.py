@@ -144,9 +144,10 @@ def child_run_cost(tracking_uri: str, runs: int, wal: bool = True, inline: bool 
             time.sleep(EPOCH_SECONDS)  # the epoch's training, during which the writer process works
             paused += time.perf_counter() - t
             last = epoch == EPOCHS
-            run.log_epoch(
-                EpochResult(epoch, 0.5, 0.8, 0.6, 0.8, 0.01, 0.1, 5e4, 0.6 if last else None, 0.8 if last else None)
+            result = EpochResult(
+                epoch, 0.5, 0.8, 0.6, 0.8, 0.01, 0.1, 5e4, 0.6 if last else None, 0.8 if last else None
             )
+            run.log_epoch(result.epoch, result.metrics())
             if epoch == 1:
                 assert run.run_id is not None  # asked for with the first report, as a trial does
         run.finish("COMPLETE")

@@ -23,6 +23,9 @@ EXECUTION = ("tuner.run", "tuner.storage", "tuner.journal", "tuner.tracking", "t
 # The execution stages, lowest first: each may import only the stages before it.
 STAGES = (
     "tuner.run.plan",
+    "tuner.run.context",
+    "tuner.run.models",
+    "tuner.run.pruning",
     "tuner.run.adapter",
     "tuner.run.open",
     "tuner.run.launch",

@@ -23,8 +23,18 @@ if TYPE_CHECKING:
     )
     from trainables.data import load_splits
     from trainables.datafiles import DatasetNotFound, check_dataset_files
-    from trainables.loop import Diverged, EpochResult, fit, fit_splits, resolve_device
+    from trainables.loop import (
+        CheckpointStore,
+        Diverged,
+        EpochResult,
+        FileCheckpoint,
+        fit,
+        fit_splits,
+        resolve_device,
+        takes_train_config,
+    )
     from trainables.models import build_model
+    from trainables.own_model import fit_model
 
 _EXPORTS = {
     **dict.fromkeys(
@@ -36,7 +46,11 @@ _EXPORTS = {
     "DatasetNotFound": "trainables.datafiles",
     "check_dataset_files": "trainables.datafiles",
     "load_splits": "trainables.data",
+    "CheckpointStore": "trainables.loop",
     "Diverged": "trainables.loop",
+    "FileCheckpoint": "trainables.loop",
+    "takes_train_config": "trainables.loop",
+    "fit_model": "trainables.own_model",
     "EpochResult": "trainables.loop",
     "fit": "trainables.loop",
     "fit_splits": "trainables.loop",
@@ -51,17 +65,21 @@ __all__ = [  # spelled out, not sorted(_EXPORTS): linters read the public names 
     "OPTIMIZERS",
     "SCHEDULES",
     "SCHEDULE_FIELDS",
+    "CheckpointStore",
     "ConfigError",
     "DatasetNotFound",
     "Diverged",
     "EpochResult",
+    "FileCheckpoint",
     "TrainConfig",
     "build_model",
     "check_dataset_files",
     "fit",
+    "fit_model",
     "fit_splits",
     "load_splits",
     "resolve_device",
+    "takes_train_config",
 ]
 
 

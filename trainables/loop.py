@@ -1,4 +1,4 @@
-"""The training loop: `fit(config)` yields one EpochResult per epoch.
+"""The training loop: `fit(config)` yields one EpochResult per epoch and returns the trained model.
 
 Speed choices, in one place: the whole dataset lives on the device as tensors and
 batches are index slices of a seeded per-epoch permutation (no DataLoader); bf16
@@ -13,10 +13,10 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -25,6 +25,43 @@ from trainables.config import TrainConfig
 from trainables.data import Splits, load_splits
 from trainables.models import build_model
 from trainables.optim import Schedule, build_optimizer, l1_penalty
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def takes_train_config(fn: F) -> F:
+    """Mark a trainable of the built-in protocol: `fn(config: TrainConfig, checkpoint=..., checkpoint_every=...)`
+    yielding EpochResult. The tuner validates its search space against TrainConfig and builds the config
+    for it; any other trainable gets the trial's params as a plain dict."""
+    fn.takes_train_config = True  # type: ignore[attr-defined]
+    return fn
+
+
+class CheckpointStore(Protocol):
+    """Where a training run keeps its state between epochs: `save(state)`, and `load()` (None when there is none)."""
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+    def load(self) -> dict[str, Any] | None: ...
+
+
+@dataclass(frozen=True)
+class FileCheckpoint:
+    """A checkpoint file, replaced atomically: a kill mid-save leaves the previous one intact."""
+
+    path: Path
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device
+        return torch.load(self.path, map_location="cpu", weights_only=False)
 
 
 class Diverged(ArithmeticError):
@@ -68,27 +105,35 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+@takes_train_config
 def fit(
     config: TrainConfig, checkpoint: str | Path | None = None, checkpoint_every: float = 0.0
-) -> Generator[EpochResult, None, None]:
+) -> Generator[EpochResult, None, nn.Module]:
     """Train `config`, yielding after every epoch; the caller may stop at any epoch.
 
     With `checkpoint`, model, optimizer, scheduler and RNG state are saved there at the end of
     an epoch once `checkpoint_every` seconds have passed since the last save (or since
     training started; 0: after every epoch), and a run that finds the file already there
-    resumes after the epoch it holds.
+    resumes after the epoch it holds. Returns the trained model when every epoch has run.
     """
     splits = load_splits(config.dataset, config.data_dir, config.download, config.val_fraction)
-    yield from fit_splits(config, splits, checkpoint, checkpoint_every)
+    return (yield from fit_splits(config, splits, checkpoint, checkpoint_every))
 
 
 def fit_splits(
-    config: TrainConfig, splits: Splits, checkpoint: str | Path | None = None, checkpoint_every: float = 0.0
-) -> Generator[EpochResult, None, None]:
+    config: TrainConfig,
+    splits: Splits,
+    checkpoint: str | Path | CheckpointStore | None = None,
+    checkpoint_every: float = 0.0,
+    model: nn.Module | None = None,
+) -> Generator[EpochResult, None, nn.Module]:
     """`fit` on given splits instead of the dataset that `config` names (benchmarks, custom data).
 
     The config's dataset fields (`dataset`, `data_dir`, `download`, `val_fraction`) are not read.
+    `model` trains instead of the one `config.model` names; `checkpoint` may be a file or any
+    `CheckpointStore`. Splits without test samples skip the test evaluation.
     """
+    store = FileCheckpoint(Path(checkpoint)) if isinstance(checkpoint, str | Path) else checkpoint
     device = resolve_device(config.device)
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
     data = _to_device(splits, config.train_samples, device)
@@ -98,7 +143,8 @@ def fit_splits(
         data = {k: v.contiguous(memory_format=memory_format) if v.ndim == 4 else v for k, v in data.items()}
 
     torch.manual_seed(config.seed)  # model init and dropout masks
-    model = build_model(config.model, splits.input_shape, splits.num_classes, config.dropout)
+    if model is None:
+        model = build_model(config.model, splits.input_shape, splits.num_classes, config.dropout)
     model = model.to(device).to(memory_format=memory_format)
     optimizer = build_optimizer(config, model.parameters(), fused=True)
     n_train = len(data["y_train"])
@@ -109,9 +155,8 @@ def fit_splits(
     loss_fn = nn.CrossEntropyLoss()
 
     start_epoch = 1
-    if checkpoint is not None and Path(checkpoint).exists():
-        # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = store.load() if store is not None else None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -156,10 +201,10 @@ def fit_splits(
         val_loss, val_acc = _evaluate(model, data["x_val"], data["y_val"], config.batch_size, autocast, loss_fn)
         schedule.after_epoch(val_loss)
         test_loss = test_acc = None
-        if epoch == config.epochs:
+        if epoch == config.epochs and len(data["y_test"]):
             test_loss, test_acc = _evaluate(model, data["x_test"], data["y_test"], config.batch_size, autocast, loss_fn)
-        if checkpoint is not None and time.monotonic() - last_save >= checkpoint_every:
-            _save_checkpoint(Path(checkpoint), epoch, model, optimizer, schedule, shuffle, device)
+        if store is not None and time.monotonic() - last_save >= checkpoint_every:
+            _save_checkpoint(store, epoch, model, optimizer, schedule, shuffle, device)
             last_save = time.monotonic()
         _sync(device)
         seconds = time.perf_counter() - started
@@ -176,6 +221,7 @@ def fit_splits(
             test_acc=test_acc,
             resumed=epoch == start_epoch and start_epoch > 1,
         )
+    return model
 
 
 def _to_device(splits: Splits, train_samples: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -208,7 +254,7 @@ def _evaluate(
 
 
 def _save_checkpoint(
-    path: Path,
+    store: CheckpointStore,
     epoch: int,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -225,10 +271,7 @@ def _save_checkpoint(
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+    store.save(state)
 
 
 def _sync(device: torch.device) -> None:

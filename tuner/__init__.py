@@ -35,6 +35,7 @@ _EXPORTS = {
     "default_space": "tuner.space",
     "RunOptions": "tuner.study",
     "run_study": "tuner.run.api",
+    "load_best_model": "tuner.results",
     "StudySpec": "tuner.study",
     "UserError": "tuner.errors",
     "main_for_script": "tuner.cli",

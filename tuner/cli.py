@@ -71,6 +71,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study-name", help="study name (default: the study's)")
     parser.add_argument("--quiet", action="store_true", help="no live progress display")
     add_checkpoint_flags(parser)
+    add_data_flags(parser)
     parser.add_argument("--no-report", dest="report", action="store_false", help="do not write the report at the end")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
@@ -87,6 +88,23 @@ def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--keep-checkpoints", action="store_true", help="save every epoch and keep each trial's last checkpoint"
+    )
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        help="where datasets live: the built-in trainable's data_dir (MNIST, FashionMNIST, CIFAR-10 files), "
+        "a custom trainable's context.data_dir",
+    )
+    parser.add_argument(
+        "--download", action="store_true", help="let the built-in trainable download missing dataset files"
+    )
+    parser.add_argument(
+        "--keep-models",
+        choices=("best", "all"),
+        default="best",
+        help="keep the best trial's trained model (default), or every completed trial's too",
     )
 
 
@@ -134,15 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--worker-index", type=int, help="offsets the sampler seed (default: the process id)")
     worker.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     add_checkpoint_flags(worker)
+    add_data_flags(worker)
     worker.add_argument("--quiet", action="store_true", help="print nothing but errors")
     worker.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
     studies = sub.add_parser("studies", help="list the studies in a storage")
     add_storage_flags(studies)
 
-    best = sub.add_parser("best", help="print a study's best params as JSON")
+    best = sub.add_parser(
+        "best", help="print a study's best params (a multi-objective study: its Pareto front) as JSON"
+    )
     best.add_argument("study", help="study name")
     add_storage_flags(best)
+    best.add_argument("--model-out", metavar="PATH", help="write the best trial's trained model here (torch.save)")
 
     report = sub.add_parser("report", help="write the comparison report of studies (HTML page, PNGs, CSV, Markdown)")
     report.add_argument("study", nargs="+", help="study names; a NAME that is no study stands for all studies NAME.<x>")
@@ -235,7 +257,7 @@ def _run_command(args: argparse.Namespace) -> int:
     if args.command == "best":
         from tuner.results import print_best
 
-        return print_best(args.study, args.storage)
+        return print_best(args.study, args.storage, model_out=args.model_out)
     if args.command == "report":
         from tuner.report import write_report
 
@@ -273,7 +295,17 @@ def run_options(args: argparse.Namespace) -> Any:
         checkpoint_every=args.checkpoint_every,
         threads=getattr(args, "threads", None),
         budget=getattr(args, "budget", "default"),
+        keep_models=args.keep_models,
+        data_dir=args.data_dir,
+        download=args.download,
+        import_paths=_import_paths(args),
     )
+
+
+def _import_paths(args: argparse.Namespace) -> tuple[str, ...]:
+    """The study script's folder: its trainable (and a package beside it) imports from there in every process."""
+    script = getattr(args, "script", None) or (sys.argv[0] if getattr(args, "command", None) is None else None)
+    return (os.path.dirname(os.path.abspath(script)),) if script else ()
 
 
 def _workers(args: argparse.Namespace) -> int:

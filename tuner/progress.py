@@ -38,7 +38,7 @@ class StudyProgress:
         if trial.state == TrialState.COMPLETE:
             try:
                 self.best = study.best_value
-            except ValueError:
+            except (ValueError, RuntimeError):  # none yet; several objectives have no single best
                 pass
         if self.live is not None:
             self.live.refresh()

@@ -168,6 +168,12 @@ class RecordWriter:
                     Path(tmp, name).write_text(text)
                 repository = get_artifact_repository(self._artifact_uri(client, run), tracking_uri=client.tracking_uri)
                 repository.log_artifacts(tmp)
+        elif op == "log_dir":  # run, local folder, artifact path: the folder's files, as they are
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            run, folder, artifact_path = args
+            repository = get_artifact_repository(self._artifact_uri(client, run), tracking_uri=client.tracking_uri)
+            repository.log_artifacts(folder, artifact_path)
         elif op == "connect":  # nothing to write: the client, and with it the store, now exists
             pass
         else:

@@ -24,7 +24,13 @@ def load_study_script(path: str) -> Any:
         raise UserError(f"study script {path} has a syntax error at line {exc.lineno}: {exc.msg}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"study script {path} cannot be read: {exc}") from None
-    module_name = f"tuner_study_{file.stem}"
+    # As `python script.py` does: the script's folder first on sys.path, so that a package beside it
+    # imports. The script is a module of its own name, so that worker processes import a trainable
+    # defined in it by the same path (the plan records the folder); a name already taken gets a private one.
+    folder = str(file.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    module_name = file.stem if file.stem.isidentifier() and file.stem not in sys.modules else f"tuner_study_{file.stem}"
     spec = importlib.util.spec_from_file_location(module_name, file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -1,4 +1,6 @@
-"""Search spaces as data: a mapping from TrainConfig field to a distribution or a fixed value.
+"""Search spaces as data: a mapping from parameter name to a distribution or a fixed value.
+
+For the built-in trainable the names are TrainConfig fields; a user's trainable takes any.
 
     space = {
         "optimizer": Categorical(["sgd", "momentum", "adam"]),
@@ -9,7 +11,7 @@
 
 `when` makes a parameter conditional on parameters defined before it (or fixed values), so
 a trial never carries a parameter its config ignores. `suggest` is the one function that
-turns a space into Optuna suggestions and a TrainConfig.
+turns a space into Optuna suggestions (`suggest_params`; `suggest` builds a TrainConfig of them).
 """
 
 from __future__ import annotations
@@ -82,22 +84,29 @@ def is_distribution(value: object) -> bool:
     return isinstance(value, Float | Int | Categorical)
 
 
-def validate_space(space: Space) -> None:
-    """Raise UserError naming the first malformed entry; called before any trial runs."""
+def validate_space(space: Space, train_config: bool = True) -> None:
+    """Raise UserError naming the first malformed entry; called before any trial runs.
+
+    `train_config`: every name must be a TrainConfig field and every value a trial can draw
+    must make a valid TrainConfig (the built-in trainable); else names are free.
+    """
     if not isinstance(space, Mapping) or not space:
         raise UserError(
             "the search space is empty: give at least one parameter, e.g. {'lr': Float(1e-4, 1e-1, log=True)}"
         )
-    fields = set(TrainConfig.field_names())
+    fields = set(TrainConfig.field_names()) if train_config else {n for n in space if isinstance(n, str) and n}
     seen: set[str] = set()
     fixed = {name: value for name, value in space.items() if name in fields and not is_distribution(value)}
-    for name, value in fixed.items():
-        _check_fixed(name, value)
-    try:
-        TrainConfig(**fixed)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"search space: the fixed values do not fit together: {exc}") from None
+    if train_config:
+        for name, value in fixed.items():
+            _check_fixed(name, value)
+        try:
+            TrainConfig(**fixed)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"search space: the fixed values do not fit together: {exc}") from None
     for name, dist in space.items():
+        if not train_config and name not in fields:
+            raise UserError(f"search space: the name {name!r} is not a non-empty string")
         if name not in fields:
             raise UserError(
                 f"search space: {name!r} is not a TrainConfig field; valid fields: {', '.join(sorted(fields))}"
@@ -119,7 +128,8 @@ def validate_space(space: Space) -> None:
         elif isinstance(dist, Categorical) and len(dist.choices) == 0:
             raise UserError(f"{where}: a Categorical needs at least one choice")
         if is_distribution(dist):
-            _check_values(name, dist, fixed)
+            if train_config:
+                _check_values(name, dist, fixed)
             for cond_name, allowed in dist.when.items():
                 if cond_name not in space:
                     raise UserError(
@@ -131,7 +141,7 @@ def validate_space(space: Space) -> None:
                     )
                 if isinstance(allowed, str) or not isinstance(allowed, Sequence) or not allowed:
                     raise UserError(f"{where}: condition on {cond_name!r} needs a non-empty list of values")
-        else:
+        elif train_config:
             _check_fixed(name, dist)
         seen.add(name)
 
@@ -162,14 +172,18 @@ def suggest(trial: optuna.Trial, space: Space, overrides: Mapping[str, Any] | No
 
     `overrides` (e.g. the CLI's --device) are fixed values applied last and never sampled.
     """
+    return TrainConfig(**{**suggest_params(trial, space), **(overrides or {})})
+
+
+def suggest_params(trial: optuna.Trial, space: Space) -> dict[str, Any]:
+    """The trial's params: every active parameter of the space, sampled, and the fixed values."""
     values: dict[str, Any] = {}
     for name, dist in space.items():
         if not is_distribution(dist):
             values[name] = dist
         elif all(values.get(cond) in allowed for cond, allowed in dist.when.items()):
             values[name] = _suggest_one(trial, name, dist)
-    values.update(overrides or {})
-    return TrainConfig(**values)
+    return values
 
 
 def _suggest_one(trial: optuna.Trial, name: str, dist: Distribution) -> Any:

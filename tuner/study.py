@@ -55,11 +55,19 @@ class RunOptions:
     # (bench/platform_overhead.py), while a killed trial loses at most this much training.
     checkpoint_every: float = 30.0
     threads: int | None = None  # torch CPU threads of this process (None: torch's default)
+    keep_models: str = "best"  # best: the best trial's model (a Pareto front's); all: every completed trial's too
+    data_dir: str | None = None  # where datasets live: the built-in's data_dir, a user trainable's context.data_dir
+    download: bool = False  # let the built-in trainable download missing dataset files
+    import_paths: tuple[str, ...] = ()  # folders put first on sys.path to import the trainable (a study script's)
 
 
 @dataclass(frozen=True)
 class StudySpec:
-    """One Optuna study over a search space of TrainConfig fields."""
+    """One Optuna study: a search space, what trains each trial, the metric(s) to optimise, a budget.
+
+    With the built-in trainable the space holds TrainConfig fields; a user's trainable takes
+    any keys. Several metrics (a tuple, with a tuple of directions) make a multi-objective study.
+    """
 
     name: str
     space: Space = field(default_factory=default_space)
@@ -67,8 +75,8 @@ class StudySpec:
     pruner: str = "median"
     n_trials: int | None = 30
     timeout: float | None = None  # seconds
-    metric: str = "val_acc"
-    direction: str | None = None  # default: the metric's natural direction
+    metric: str | tuple[str, ...] = "val_acc"  # any metric the trainable yields every epoch
+    direction: str | tuple[str, ...] | None = None  # default: the metric's natural direction, else maximize
     seed: int = 0
     user_attrs: Mapping[str, Any] = field(default_factory=dict)  # set on the Optuna study, e.g. {"kind": ...}
     # What trains a trial: an importable reference "module:function" (every worker process
@@ -91,8 +99,26 @@ class StudySpec:
         return dataclasses.replace(self, **changes)
 
     @property
+    def metrics(self) -> tuple[str, ...]:
+        """The objectives, in order: one for a single-objective study."""
+        return (self.metric,) if isinstance(self.metric, str) else tuple(self.metric)
+
+    @property
+    def directions(self) -> tuple[Literal["maximize", "minimize"], ...]:
+        given = self.direction if isinstance(self.direction, tuple | list) else [self.direction] * len(self.metrics)
+        return tuple(
+            cast(Literal["maximize", "minimize"], d or METRICS.get(m, "maximize"))
+            for m, d in zip(self.metrics, given, strict=False)
+        )
+
+    @property
     def resolved_direction(self) -> Literal["maximize", "minimize"]:
-        return cast(Literal["maximize", "minimize"], self.direction or METRICS.get(self.metric, "maximize"))
+        """The direction of the first objective (the only one of a single-objective study)."""
+        return self.directions[0]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
 
     def settings(self, storage: str) -> dict[str, Any]:
         """What the MLflow parent run records about the study."""
@@ -100,28 +126,25 @@ class StudySpec:
             "study_name": self.name,
             "sampler": self.sampler,
             "pruner": self.pruner,
-            "metric": self.metric,
-            "direction": self.resolved_direction,
+            "metric": ",".join(self.metrics),
+            "direction": ",".join(self.directions),
             "seed": self.seed,
             "storage": redact(storage),
         }
 
-    def validate(self, options: RunOptions) -> None:
-        """Every check that needs no storage: raises UserError before anything is created."""
+    def validate(self, options: RunOptions, takes_config: bool = True) -> None:
+        """Every check that needs no storage: raises UserError before anything is created.
+
+        `takes_config`: the trainable takes a TrainConfig (the built-in protocol), so the space
+        holds TrainConfig fields and the metric is one the built-in loop reports.
+        """
         if not self.name or not isinstance(self.name, str) or any(c in self.name for c in "/\\\n"):
             raise UserError(f"study name {self.name!r} is invalid: use letters, digits, '-' and '_'")
         if self.sampler not in SAMPLERS:
             raise UserError(f"sampler {self.sampler!r} is unknown: choose one of {', '.join(SAMPLERS)}")
         if self.pruner not in PRUNERS:
             raise UserError(f"pruner {self.pruner!r} is unknown: choose one of {', '.join(PRUNERS)}")
-        if self.metric not in METRICS:
-            raise UserError(f"metric {self.metric!r} is not reported every epoch: choose one of {', '.join(METRICS)}")
-        if not (callable(self.trainable) or (isinstance(self.trainable, str) and ":" in self.trainable)):
-            raise UserError(
-                f"trainable {self.trainable!r}: give an import path 'module:function' or the function itself"
-            )
-        if self.direction not in (None, "maximize", "minimize"):
-            raise UserError(f"direction {self.direction!r} is invalid: use maximize or minimize")
+        check_metrics(self.metric, self.direction, takes_config)
         if self.n_trials is not None and (isinstance(self.n_trials, bool) or self.n_trials < 1):
             raise UserError(f"--n-trials {self.n_trials}: give a positive number of trials")
         if self.timeout is not None and self.timeout <= 0:
@@ -130,7 +153,9 @@ class StudySpec:
             raise UserError("the study has no budget: give --n-trials or --timeout")
         if self.seed < 0:
             raise UserError(f"--seed {self.seed}: give a non-negative seed")
-        validate_space(self.space)
+        validate_space(self.space, train_config=takes_config)
+        if self.multi_objective and self.sampler in ("cmaes", "gp"):
+            raise UserError(f"sampler {self.sampler!r} has one objective: use tpe, random, qmc or grid for several")
         if self.sampler == "grid":
             grid_values(self.space)
         if options.device is not None:
@@ -141,8 +166,11 @@ class StudySpec:
             except ConfigError as exc:
                 raise UserError(f"--device {options.device!r} is invalid: use auto, cpu, cuda or cuda:N") from exc
         check_checkpoint_every(options.checkpoint_every)
+        if options.keep_models not in ("best", "all"):
+            raise UserError(f"--keep-models {options.keep_models}: choose best or all")
         check_workers(options, self.space)
-        check_datasets(self.space)
+        if takes_config:
+            check_datasets(self.space)
         check_storage_url(options.storage)
         check_tracking_uri(options.tracking_uri)
 
@@ -158,6 +186,9 @@ class StudySpec:
     def from_record(cls, record: dict[str, Any]) -> StudySpec:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in record.items() if k in known and k not in ("space", "trainable")}
+        for key in ("metric", "direction"):  # JSON keeps the tuples of several objectives as lists
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
         trainable = record.get("trainable", BUILTIN_TRAINABLE)  # records older than the field: the built-in
         if trainable is None:
             raise UserError(
@@ -168,6 +199,25 @@ class StudySpec:
 
     def describe_space(self) -> dict[str, Any]:
         return describe(self.space)
+
+
+def check_metrics(metric: Any, direction: Any, takes_config: bool) -> None:
+    """The metric (or metrics) and direction(s): names the trainable yields, maximize or minimize."""
+    metrics = (metric,) if isinstance(metric, str) else metric
+    if not isinstance(metrics, tuple | list) or not metrics or not all(isinstance(m, str) and m for m in metrics):
+        raise UserError(f"metric {metric!r}: give a metric name, or a tuple of names for several objectives")
+    if len(set(metrics)) != len(metrics):
+        raise UserError(f"metric {metric!r}: a metric is named twice")
+    if takes_config:
+        for m in metrics:
+            if m not in METRICS:
+                raise UserError(f"metric {m!r} is not reported every epoch: choose one of {', '.join(METRICS)}")
+    directions = direction if isinstance(direction, tuple | list) else [direction]
+    if isinstance(direction, tuple | list) and len(directions) != len(metrics):
+        raise UserError(f"direction {direction!r}: give one direction per metric ({len(metrics)})")
+    for d in directions:
+        if d not in (None, "maximize", "minimize"):
+            raise UserError(f"direction {d!r} is invalid: use maximize or minimize")
 
 
 def check_workers(options: RunOptions, space: Space) -> None:

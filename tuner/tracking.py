@@ -17,6 +17,8 @@ import json
 import subprocess
 import time
 import traceback as traceback_module
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.locations import default_artifact_root, redact
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     import optuna
     from mlflow import MlflowClient
 
-    from trainables import EpochResult, TrainConfig
+    from trainables import TrainConfig
 
 FLUSH_SECONDS = 5.0
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attribute: the parent run, shared by all workers
@@ -51,6 +53,7 @@ class StudyTracking:
         self.experiment_id = self._experiment(study.study_name)
         self.parent_run_id = self._parent_run(study, settings, space)
         self._best_number: int | None = None
+        self._front: list[int] = []
         self.sync()  # the writer is ready before the first trial: its start-up is set-up, not trial time
 
     def _experiment(self, name: str) -> str:
@@ -88,12 +91,15 @@ class StudyTracking:
         self,
         trial_number: int,
         params: dict[str, Any],
-        config: TrainConfig,
+        config: TrainConfig | Mapping[str, Any],
         retry_of_run: str | None = None,
         attempt_of_trial: int | None = None,
         worker: str | None = None,
     ) -> TrialRun:
         """Create the trial's child run (nested under the study's parent run).
+
+        `params` are the sampled ones; `config` is what the trial trains with: a TrainConfig
+        (its active fields are logged as params) or a user trainable's params dict (logged as is).
 
         A retry of a trial whose worker died (or that was interrupted) gets a run of its own,
         tagged with the run id of the attempt it replaces (`tuner.retry_of_run`) and the first
@@ -113,12 +119,28 @@ class StudyTracking:
             tags["tuner.worker"] = worker
         tags["optuna.state"] = "RUNNING"
         run = self.writer.create_run(self.tracking_uri, self.experiment_id, f"trial {trial_number}", tags)
-        logged = {**config.active(), **params}
-        param_list = [(k, redact(str(v))) for k, v in sorted(logged.items())]
-        return TrialRun(self.writer, self.tracking_uri, run, config, param_list)
+        if isinstance(config, Mapping):
+            logged, record, columns = dict(config), dict(config), []
+        else:
+            logged, record, columns = {**config.active(), **params}, config.to_dict(), BUILTIN_COLUMNS
+        param_list = [(k, redact(str(v))[:6000]) for k, v in sorted(logged.items())]
+        return TrialRun(self.writer, self.tracking_uri, run, record, param_list, columns)
 
     def record_best(self, study: optuna.Study) -> None:
         """Put the best value and params on the parent run when the best trial changed."""
+        if len(study.directions) > 1:  # no single best: the parent run lists the Pareto front
+            front = sorted(t.number for t in study.best_trials)
+            if front != self._front:
+                self._front = front
+                self.writer.write(
+                    self.tracking_uri,
+                    "log_batch",
+                    self.parent_run_id,
+                    [],
+                    [],
+                    [("best.pareto_trials", json.dumps(front))],
+                )
+            return
         try:
             best = study.best_trial
         except ValueError:  # no completed trial yet
@@ -179,11 +201,18 @@ class TrialRun:
     """
 
     def __init__(
-        self, writer: RecordWriter, tracking_uri: str, run: str, config: TrainConfig, params: list[tuple[str, str]]
+        self,
+        writer: RecordWriter,
+        tracking_uri: str,
+        run: str,
+        record: dict[str, Any],
+        params: list[tuple[str, str]],
+        columns: list[str],
     ) -> None:
-        self.writer, self.tracking_uri, self.run, self.config = writer, tracking_uri, run, config
+        self.writer, self.tracking_uri, self.run = writer, tracking_uri, run
+        self.record, self.columns = record, columns  # config.json; history.csv's first columns
         self._run_id: str | None = None
-        self.history: list[EpochResult] = []
+        self.history: list[tuple[int, dict[str, float]]] = []  # (epoch, metrics)
         self._pending: list[tuple[str, float, int, int]] = []  # metrics: key, value, timestamp, step
         self._params = params  # sent with the first batch
         self._last_flush = time.monotonic()
@@ -195,12 +224,13 @@ class TrialRun:
             self._run_id = self.writer.run_id(self.tracking_uri, self.run)
         return self._run_id
 
-    def log_epoch(self, result: EpochResult) -> None:
-        self.history.append(result)
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float], resumed: bool = False) -> None:
+        """One epoch's metrics, at step `epoch`; `resumed`: the first epoch trained after loading a checkpoint."""
+        self.history.append((epoch, dict(metrics)))
         now = int(time.time() * 1000)
-        self._pending += [(k, v, now, result.epoch) for k, v in result.metrics().items()]
-        if result.resumed:  # the first epoch after resuming a checkpoint: say where it took over
-            self.flush([("tuner.resumed_from_epoch", str(result.epoch - 1))])
+        self._pending += [(k, float(v), now, epoch) for k, v in metrics.items()]
+        if resumed:  # say where it took over
+            self.flush([("tuner.resumed_from_epoch", str(epoch - 1))])
         elif time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 
@@ -210,30 +240,50 @@ class TrialRun:
             self._pending, self._params = [], []
         self._last_flush = time.monotonic()
 
-    def finish(self, state: str, reason: str | None = None, error: BaseException | None = None) -> None:
-        """Send what is buffered, the artifacts and the final state (COMPLETE, PRUNED, FAIL or KILLED)."""
-        tags = [("optuna.state", state), ("tuner.epochs", str(len(self.history)))]
+    def finish(
+        self,
+        state: str,
+        reason: str | None = None,
+        error: BaseException | None = None,
+        tags: list[tuple[str, str]] | None = None,
+        files_dir: Path | None = None,
+    ) -> None:
+        """Send what is buffered, the artifacts and the final state (COMPLETE, PRUNED, FAIL or KILLED).
+
+        `files_dir`: a folder of the trial's own files, logged as artifacts when it holds any.
+        """
+        tags = [("optuna.state", state), ("tuner.epochs", str(len(self.history))), *(tags or [])]
         if reason:
             tags.append(("tuner.reason", redact(reason)[:5000]))
         if state == "PRUNED" and self.history:
-            tags.append(("tuner.pruned_at_epoch", str(self.history[-1].epoch)))
+            tags.append(("tuner.pruned_at_epoch", str(self.history[-1][0])))
         self.flush(tags)
-        files = {"config.json": json.dumps(self.config.to_dict(), indent=2), "history.csv": history_csv(self.history)}
+        files = {
+            "config.json": json.dumps(self.record, indent=2, default=str),
+            "history.csv": history_csv(self.history, self.columns),
+        }
         if error is not None:
             files["traceback.txt"] = redact("".join(traceback_module.format_exception(error)))
         self.writer.write(self.tracking_uri, "log_texts", self.run, files)
+        if files_dir is not None and files_dir.is_dir() and any(files_dir.iterdir()):
+            self.writer.write(self.tracking_uri, "log_dir", self.run, str(files_dir), "files")
         _ = self.run_id  # known here before the writer forgets the run's key, with its end
         self.writer.write(self.tracking_uri, "set_terminated", self.run, _MLFLOW_STATUS[state])
 
 
-def history_csv(history: list[EpochResult]) -> str:
+# the built-in trainable's metrics, in the columns of its history.csv (test metrics on the last epoch only)
+BUILTIN_COLUMNS = ["train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "samples_per_second"]
+BUILTIN_COLUMNS += ["test_loss", "test_acc"]
+
+
+def history_csv(history: list[tuple[int, dict[str, float]]], columns: list[str]) -> str:
+    """One row per epoch: `columns` first, then every other metric in the order it first appeared."""
     out = io.StringIO()
-    names = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "samples_per_second"]
-    names += ["test_loss", "test_acc"]
+    names = list(dict.fromkeys([*columns, *(k for _, metrics in history for k in metrics)]))
     writer = csv.writer(out)
-    writer.writerow(names)
-    for r in history:
-        writer.writerow(["" if getattr(r, n) is None else getattr(r, n) for n in names])
+    writer.writerow(["epoch", *names])
+    for epoch, metrics in history:
+        writer.writerow([epoch, *(metrics.get(n, "") for n in names)])
     return out.getvalue()
 
 

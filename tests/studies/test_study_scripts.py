@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.tuner.fakes import curve_fit
-from trainables import OPTIMIZERS, EpochResult, TrainConfig
+from trainables import OPTIMIZERS, EpochResult, TrainConfig, takes_train_config
 from tuner.cli import main
 from tuner.errors import UserError
 from tuner.group import RERUNS_ATTR, StudyGroup
@@ -79,6 +79,7 @@ def fake_fit_interrupted_at(call: int) -> Any:
     """curve_fit, but the `call`-th trial is interrupted (Ctrl-C) in its second epoch."""
     calls = itertools.count(1)
 
+    @takes_train_config
     def fit(
         config: TrainConfig, checkpoint: Any = None, checkpoint_every: float = 0.0
     ) -> Generator[EpochResult, None, None]:

@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable, Generator
 from pathlib import Path
 
-from trainables import Diverged, EpochResult, TrainConfig
+from trainables import Diverged, EpochResult, TrainConfig, takes_train_config
 
 
 def scripted_result(epoch: int, val_acc: float, last: bool) -> EpochResult:
@@ -32,6 +32,7 @@ def quality(config: TrainConfig) -> float:
     return max(0.1, 0.9 - 0.25 * abs(math.log10(config.lr) + 2.0))
 
 
+@takes_train_config
 def curve_fit(
     config: TrainConfig, checkpoint: str | Path | None = None, checkpoint_every: float = 0.0
 ) -> Generator[EpochResult, None, None]:
@@ -42,6 +43,7 @@ def curve_fit(
 
 
 def failing_fit(error: BaseException, at_epoch: int = 2) -> Callable[..., Generator[EpochResult, None, None]]:
+    @takes_train_config
     def fit(
         config: TrainConfig, checkpoint: str | Path | None = None, checkpoint_every: float = 0.0
     ) -> Generator[EpochResult, None, None]:
@@ -53,6 +55,7 @@ def failing_fit(error: BaseException, at_epoch: int = 2) -> Callable[..., Genera
     return fit
 
 
+@takes_train_config
 def diverging_fit(
     config: TrainConfig, checkpoint: str | Path | None = None, checkpoint_every: float = 0.0
 ) -> Generator[EpochResult, None, None]:

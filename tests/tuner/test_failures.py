@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tests.tuner.fakes import curve_fit
-from trainables import EpochResult, TrainConfig
+from trainables import EpochResult, TrainConfig, takes_train_config
 from tuner.run.execute import execute_study
 from tuner.space import Float
 from tuner.study import RunOptions, StudySpec
@@ -33,6 +33,7 @@ def test_cuda_out_of_memory_fails_the_trial_frees_its_memory_and_the_study_goes_
     seen_at_next_start: list[tuple[bool, int]] = []
     baseline = torch.cuda.memory_allocated() if CUDA else 0
 
+    @takes_train_config
     def fit(
         config: TrainConfig, checkpoint: Path | None = None, checkpoint_every: float = 0.0
     ) -> Iterator[EpochResult]:

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from tests.tuner.fakes import curve_fit
 from tests.tuner.procs import postgres_url, wait_for
-from trainables import EpochResult, TrainConfig
+from trainables import EpochResult, TrainConfig, takes_train_config
 from tuner.run.adapter import ATTEMPT_OF_ATTR, TrialRunner
 from tuner.run.execute import make_runner, work
 from tuner.run.open import counted_trials, prepare_study
@@ -150,6 +150,7 @@ def test_a_live_trial_failed_as_stale_under_its_worker_stops_and_the_worker_goes
     study, tracking = prepare_study(make_plan(spec, options))
     handler = study._storage.get_heartbeat_stale_trial_callback()
 
+    @takes_train_config
     def paused_fit(
         config: TrainConfig, checkpoint: Path | None = None, checkpoint_every: float = 0.0
     ) -> Iterator[EpochResult]:

@@ -111,7 +111,9 @@ def test_four_workers_share_one_study_and_its_budget(
     assert experiment is not None
     parents = client.search_runs([experiment.experiment_id], "tags.`tuner.role` = 'study'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # created once, by the launcher
-    assert not list(tmp_path.rglob("*.pt"))  # checkpoints removed as trials ended
+    models = Path(study.user_attrs["tuner:models_dir"])
+    assert [p.name for p in models.glob("*.pt")] == ["best.pt"]  # the best trial's model, kept
+    assert [p for p in tmp_path.rglob("*.pt") if models not in p.parents] == []  # checkpoints removed as trials ended
 
     # the password is nowhere: output, MLflow params and tags, the study's records, files written
     assert SECRET not in output.out + output.err

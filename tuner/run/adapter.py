@@ -1,8 +1,11 @@
 """The one place where a trainable meets Optuna and MLflow.
 
-`TrialRunner` consumes `fit(config)` epoch by epoch, reports to the trial, asks the pruner,
-stops the generator when pruned, feeds tracking, and maps every outcome to a trial state
-in `classify`.
+`TrialRunner` consumes the trainable epoch by epoch, reports to the trial, asks the pruner,
+stops the generator when pruned, feeds tracking, keeps the returned model when it is the
+best, and maps every outcome to a trial state in `classify`. Two kinds of trainable:
+the built-in protocol (`fit(config: TrainConfig, checkpoint=..., checkpoint_every=...)`
+yielding EpochResult) and a user's (`train(params)` or `train(params, context)` yielding a
+mapping of metric name to number per epoch); both may `return model` at the end.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import contextlib
 import copy
 import gc
 import logging
+import math
 import os
 import socket
 import traceback
@@ -24,11 +28,15 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 import trainables
+from tuner.errors import UserError
 from tuner.locations import MAX_RETRY
-from tuner.space import Space, suggest
+from tuner.run.context import TrialContext
+from tuner.run.models import ModelKeeper
+from tuner.run.pruning import CurvePruner
+from tuner.space import Space, suggest_params
 from tuner.tracking import RUN_ID_ATTR, StudyTracking, TrialRun
 
-FitFn = Callable[..., Generator["trainables.EpochResult", None, None]]  # a string: torch loads with the first trial
+FitFn = Callable[..., Generator[Any, None, Any]]
 REASON_ATTR = "reason"  # trial user attribute: why a trial was pruned or failed
 PRUNED_AT_ATTR = "pruned_at_epoch"
 # The first attempt's trial number. Optuna copies user attributes into the retry of a trial
@@ -36,6 +44,7 @@ PRUNED_AT_ATTR = "pruned_at_epoch"
 # the MLflow run of the attempt it replaces.
 ATTEMPT_OF_ATTR = "attempt_of_trial"
 WORKER_ATTR = "worker"  # host:pid of the process running the trial
+EPOCH_KEY = "epoch"  # a user trainable may yield it: the step of that epoch's metrics
 
 
 class TrialFailed(Exception):
@@ -47,7 +56,20 @@ class TrialTakenOver(Exception):
     storage for the grace period: a long pause, a network cut) and retried there; this attempt stops."""
 
 
-def classify(exc: BaseException, config: trainables.TrainConfig | None, epochs_done: int) -> tuple[str, str]:
+class BadYield(UserError):
+    """A user trainable broke the contract (yielded no mapping, or one without the metric): every trial
+    would fail the same way, so the study stops at the first."""
+
+
+class MetricNotFinite(ArithmeticError):
+    """A user trainable yielded a NaN or infinite value of the study's metric: the trial diverged."""
+
+    def __init__(self, epoch: int, metric: str, value: float) -> None:
+        self.epoch = epoch
+        super().__init__(f"{metric} = {value} at epoch {epoch}")
+
+
+def classify(exc: BaseException, params: Mapping[str, Any] | None, epochs_done: int) -> tuple[str, str]:
     """(state, reason) for how a trial ended: the only mapping from outcomes to states."""
     if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):  # before RuntimeError: it is one
         return (
@@ -56,13 +78,16 @@ def classify(exc: BaseException, config: trainables.TrainConfig | None, epochs_d
         )
     if isinstance(exc, optuna.TrialPruned):
         return "PRUNED", f"pruned at epoch {epochs_done}"
-    if isinstance(exc, trainables.Diverged):
+    if isinstance(exc, trainables.Diverged | MetricNotFinite):
         return "PRUNED", f"diverged at epoch {exc.epoch}"
     if isinstance(exc, KeyboardInterrupt | SystemExit):
         return "KILLED", f"interrupted at epoch {epochs_done} ({type(exc).__name__})"
     if _is_cuda_oom(exc):
-        where = f" with batch_size {config.batch_size} and model {config.model}" if config else ""
+        shown = [f"{k} {params[k]}" for k in ("batch_size", "model") if params and k in params]
+        where = f" with {' and '.join(shown)}" if shown else ""
         return "FAIL", f"CUDA out of memory{where}: lower the batch size or use a smaller model"
+    if isinstance(exc, BadYield):
+        return "FAIL", str(exc)
     text = " ".join(str(exc).split())
     return "FAIL", f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -74,30 +99,56 @@ def _is_cuda_oom(exc: BaseException) -> bool:
 
 
 @dataclass
+class Epoch:
+    """One epoch's record, whichever trainable yielded it."""
+
+    step: int
+    metrics: dict[str, float]
+    resumed: bool = False  # the first epoch trained after loading a checkpoint
+
+
+@dataclass
 class TrialRunner:
     """The objective handed to `study.optimize`."""
 
     space: Space
     tracking: StudyTracking
     fit: FitFn  # the plan's trainable (`tuner.run.plan`)
-    metric: str = "val_acc"
+    metric: str | tuple[str, ...] = "val_acc"
     overrides: Mapping[str, Any] = field(default_factory=dict)
     checkpoint_dir: Path | None = None
     checkpoint_every: float = 0.0  # seconds between a trial's checkpoints (0: every epoch)
     keep_checkpoints: bool = False
+    takes_config: bool = True  # the built-in protocol; else a user trainable of params
+    passes_context: bool = False  # a user trainable that takes `context`
+    trainable_name: str = "trainable"  # for messages: the reference, or the function's name
+    device: str | None = None  # for a user trainable's context; None: cuda when there is one, else cpu
+    data_dir: str | None = None
+    models: ModelKeeper | None = None
+    curve_pruner: CurvePruner | None = None  # a multi-objective study: Optuna cannot prune it
     taken_over: list[int] = field(default_factory=list)  # trials failed as stale under us: see `work`
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return (self.metric,) if isinstance(self.metric, str) else tuple(self.metric)
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         first_number = int(trial.user_attrs.get(ATTEMPT_OF_ATTR, trial.number))
         retry_of_run = trial.user_attrs.get(RUN_ID_ATTR)  # set only when this trial is a retry
         checkpoint = self._checkpoint_path(first_number)
-        config: trainables.TrainConfig | None = None
+        params: dict[str, Any] | None = None
+        context: TrialContext | None = None
         run = None
         recorded_run = False
         epochs_done = 0
         try:
             with combined_writes(trial):  # the params and attributes below: one storage write, not a dozen
-                config = suggest(trial, self.space, self.overrides)
+                params = suggest_params(trial, self.space)
+                if self.takes_config:
+                    params.update(self.overrides)
+                    config: Any = trainables.TrainConfig(**params)
+                else:
+                    config = params
                 if retry_of_run is not None:  # normally closed by the worker that found it stale
                     self.tracking.close_dead_attempt(first_number, retry_of_run, WORKER_DIED)
                 worker = worker_id()
@@ -106,29 +157,57 @@ class TrialRunner:
                 )
                 trial.set_user_attr(ATTEMPT_OF_ATTR, first_number)
                 trial.set_user_attr(WORKER_ATTR, worker)
-            value = None
-            epochs = self.fit(config, checkpoint=checkpoint, checkpoint_every=self.checkpoint_every)
+            values: list[float] | None = None
+            if self.takes_config:
+                epochs = self.fit(config, checkpoint=checkpoint, checkpoint_every=self.checkpoint_every)
+            else:
+                context = self._context(trial.number, first_number, checkpoint)
+                epochs = self.fit(dict(params), context) if self.passes_context else self.fit(dict(params))
+            model = None
             try:
-                for result in epochs:
-                    run.log_epoch(result)
-                    epochs_done = result.epoch
-                    value = float(getattr(result, self.metric))
+                while True:
+                    try:
+                        raw = next(epochs)
+                    except StopIteration as stop:
+                        model = stop.value  # what the trainable returned: its trained model, if any
+                        break
+                    epoch = self._epoch(raw, epochs_done, context)
+                    run.log_epoch(epoch.step, epoch.metrics, epoch.resumed)
+                    epochs_done = epoch.step
+                    if context is not None:
+                        context.epochs_done = epoch.step
+                    values = [epoch.metrics[m] for m in self.metrics]
+                    if not math.isfinite(values[0]) and not self.takes_config:
+                        raise MetricNotFinite(epoch.step, self.metrics[0], values[0])
                     with combined_writes(trial):  # the run id goes with the first report: the run exists by now
                         if not recorded_run:
                             record_run_id(trial, run)
-                        trial.report(value, result.epoch)
+                        if self.curve_pruner is None:
+                            trial.report(values[0], epoch.step)
+                        else:
+                            self.curve_pruner.record(trial, epoch.step, values[0])
                     recorded_run = True
-                    if trial.should_prune():
+                    should_prune = (
+                        trial.should_prune()
+                        if self.curve_pruner is None
+                        else self.curve_pruner.should_prune(trial, epoch.step, values[0])
+                    )
+                    if should_prune:
                         raise optuna.TrialPruned()
             finally:
                 epochs.close()  # stops the trainable at once when pruned or failing
-            if value is None:
-                raise RuntimeError("the trainable yielded no epoch")
-            run.finish("COMPLETE")
+            if values is None:
+                raise BadYield(
+                    f"trainable {self.trainable_name} yielded no epoch: yield one mapping of metric name to number "
+                    f"per epoch, with the study's metric {self.metrics[0]!r}"
+                )
+            if self.models is not None and model is not None:
+                self.models.offer(trial.number, values, model)
+            run.finish("COMPLETE", tags=self._resume_tags(context), files_dir=context.trial_dir if context else None)
             self._remove_checkpoint(checkpoint)
-            return value
+            return values[0] if len(values) == 1 else values
         except BaseException as exc:
-            state, reason = classify(exc, config, epochs_done)
+            state, reason = classify(exc, params, epochs_done)
             taken_over = isinstance(exc, optuna.exceptions.UpdateFinishedTrialError)
             if not taken_over:  # a taken-over trial is finished: Optuna refuses any write to it
                 with combined_writes(trial):
@@ -136,7 +215,9 @@ class TrialRunner:
                         record_run_id(trial, run)
                     self._record(trial, state, reason, epochs_done)
             if run is not None:
-                run.finish(state, reason, error=exc if state == "FAIL" and not taken_over else None)
+                error = exc if state == "FAIL" and not taken_over and not isinstance(exc, BadYield) else None
+                files = context.trial_dir if context else None
+                run.finish(state, reason, error=error, tags=self._resume_tags(context), files_dir=files)
             if state == "KILLED":  # queued again; its retry resumes from the checkpoint kept here
                 requeue(trial)
             elif not taken_over:  # the retry of a taken-over trial resumes from its checkpoint too
@@ -148,9 +229,67 @@ class TrialRunner:
                 _release_cuda_memory(exc)
             if state == "PRUNED":
                 raise optuna.TrialPruned(reason) from exc
-            if state == "FAIL":
+            if state == "FAIL" and not isinstance(exc, BadYield):
                 raise TrialFailed(reason) from exc
             raise
+
+    def _epoch(self, raw: Any, epochs_done: int, context: TrialContext | None) -> Epoch:
+        """The record of one yield: an EpochResult (built-in protocol) or a user's mapping, checked."""
+        if self.takes_config:
+            return Epoch(raw.epoch, raw.metrics(), raw.resumed)
+        number = epochs_done + 1
+        if not isinstance(raw, Mapping) or not raw:
+            raise BadYield(
+                f"trainable {self.trainable_name} yielded {_shown(raw)} at epoch {number}: expected a mapping of "
+                f"metric name to number, e.g. {{{self.metrics[0]!r}: 0.9}}"
+            )
+        bad = [k for k, v in raw.items() if not isinstance(k, str) or isinstance(v, bool) or not _is_number(v)]
+        if bad:
+            raise BadYield(
+                f"trainable {self.trainable_name} yielded {_shown(raw)} at epoch {number}: every key must be a "
+                f"metric name and every value a number ({bad[0]!r} is not)"
+            )
+        missing = [m for m in self.metrics if m not in raw]
+        if missing:
+            raise BadYield(
+                f"trainable {self.trainable_name} yielded {_shown(raw)} at epoch {number}, without the study's "
+                f"metric {missing[0]!r}: yield it every epoch, or set the study's metric to one of {', '.join(map(repr, raw))}"
+            )
+        metrics = {k: float(v) for k, v in raw.items() if k != EPOCH_KEY}
+        resumed = context is not None and context.loaded_epochs is not None and epochs_done == 0
+        if EPOCH_KEY in raw:
+            step = int(raw[EPOCH_KEY])
+        elif resumed and context is not None and context.loaded_epochs is not None:
+            step = context.loaded_epochs + 1  # the first epoch after the checkpoint's
+        else:
+            step = number
+        return Epoch(step, metrics, resumed)
+
+    def _context(self, number: int, first_number: int, checkpoint: Path | None) -> TrialContext:
+        import torch
+
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        folder = (self.checkpoint_dir or Path("mlruns") / "checkpoints") / self.tracking.experiment_id
+        trial_dir = folder / f"trial-{first_number}-files"
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        return TrialContext(
+            trial_number=number,
+            trial_dir=trial_dir,
+            device=device,
+            checkpoint_path=checkpoint,
+            checkpoint_every=self.checkpoint_every,
+            data_dir=self.data_dir,
+            retry_of=first_number if first_number != number else None,
+        )
+
+    @staticmethod
+    def _resume_tags(context: TrialContext | None) -> list[tuple[str, str]]:
+        """A retried user trial that loaded no checkpoint started again from scratch: its run says so."""
+        if context is None or context.retry_of is None or context.loaded_epochs is not None:
+            return []
+        return [
+            ("tuner.restarted_from_scratch", f"retry of trial {context.retry_of}: the trainable loaded no checkpoint")
+        ]
 
     def _record(self, trial: optuna.Trial, state: str, reason: str, epochs_done: int) -> None:
         trial.set_user_attr(REASON_ATTR, reason)
@@ -165,6 +304,19 @@ class TrialRunner:
     def _remove_checkpoint(self, path: Path | None) -> None:
         if path is not None and not self.keep_checkpoints:
             path.unlink(missing_ok=True)
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def record_run_id(trial: optuna.Trial, run: TrialRun) -> None:

@@ -8,6 +8,7 @@ the storage and tracking URIs), and runs trials until the study's shared budget 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -20,6 +21,7 @@ from tuner.heap import freeze_heap
 from tuner.locations import check_storage_url, check_tracking_uri, heartbeat_seconds, redact, storage_kind
 from tuner.run.adapter import TrialFailed, TrialRunner
 from tuner.run.launch import launch
+from tuner.run.models import ModelKeeper
 from tuner.run.open import (
     BUDGET_ATTR,
     SPEC_ATTR,
@@ -31,6 +33,7 @@ from tuner.run.open import (
     quiet_optuna,
 )
 from tuner.run.plan import Plan, make_plan
+from tuner.run.pruning import CurvePruner
 from tuner.storage import open_storage
 from tuner.study import RunOptions, StudySpec, check_checkpoint_every
 
@@ -68,14 +71,21 @@ def run_here(plan: Plan) -> Any:
 
 
 def make_runner(plan: Plan, tracking: StudyTracking) -> TrialRunner:
-    """The objective: the plan's trainable, on the plan's device."""
-    options = plan.options
+    """The objective: the plan's trainable, on the plan's device, keeping the best model."""
+    options, spec = plan.options, plan.spec
     return TrialRunner(
-        space=plan.spec.space,
+        space=spec.space,
         tracking=tracking,
         fit=plan.trainable(),
-        metric=plan.spec.metric,
+        metric=spec.metric,
         overrides={"device": plan.device} if plan.device else {},
+        takes_config=plan.takes_config,
+        passes_context=plan.passes_context,
+        trainable_name=plan.trainable_name,
+        device=plan.device,
+        data_dir=options.data_dir,
+        models=ModelKeeper(plan.models_dir, spec.directions, keep_all=options.keep_models == "all"),
+        curve_pruner=CurvePruner(spec.pruner, spec.resolved_direction) if spec.multi_objective else None,
         checkpoint_dir=plan.checkpoint_dir,
         # kept checkpoints are for using the trained models: each must hold its trial's last epoch
         checkpoint_every=0.0 if options.keep_checkpoints else options.checkpoint_every,
@@ -147,7 +157,9 @@ def join(study_name: str, options: RunOptions, worker_index: int | None = None, 
             f"--storage {options.storage}: no such journal file; create the study first with "
             "`tuner create SCRIPT` (or `tuner run SCRIPT`) on this storage"
         )
-    plan = make_plan(recorded_spec(study_name, options), options)  # this host's devices and dataset files
+    spec, paths = recorded_spec(study_name, options)
+    options = dataclasses.replace(options, import_paths=paths)
+    plan = make_plan(spec, options)  # this host's devices and dataset files
     if options.threads is not None:
         import torch
 
@@ -170,8 +182,11 @@ def join(study_name: str, options: RunOptions, worker_index: int | None = None, 
     return ran
 
 
-def recorded_spec(study_name: str, options: RunOptions) -> StudySpec:
-    """The spec `prepare_study` kept in the study; UserError when there is no such study or record."""
+def recorded_spec(study_name: str, options: RunOptions) -> tuple[StudySpec, tuple[str, ...]]:
+    """The spec `prepare_study` kept in the study, and the folders its trainable imports from.
+
+    UserError when there is no such study or record.
+    """
     import optuna
 
     storage = open_storage(options.storage)
@@ -187,4 +202,4 @@ def recorded_spec(study_name: str, options: RunOptions) -> StudySpec:
             f"study {study_name!r} was not created by `tuner run` or `tuner create`, so its search space is not "
             "recorded; create it with one of them first"
         )
-    return StudySpec.from_record(record)
+    return StudySpec.from_record(record), tuple(record.get("import_paths", ()))

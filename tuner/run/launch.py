@@ -60,6 +60,9 @@ def launch(plan: Plan) -> Any:
             command += ["--timeout", str(spec.timeout)]
         if options.keep_checkpoints:
             command.append("--keep-checkpoints")
+        command += ["--keep-models", options.keep_models]
+        if options.data_dir is not None:
+            command += ["--data-dir", options.data_dir] + (["--download"] if options.download else [])
         procs.append(subprocess.Popen(command, env=dict(env), start_new_session=True))
     freeze_heap()  # this process only watches from here on
     interrupted = True

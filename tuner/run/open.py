@@ -12,16 +12,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import UserError
 from tuner.locations import redact
 from tuner.run.adapter import StaleTrialHandler
+from tuner.run.models import MODELS_ATTR, log_kept_models
 from tuner.run.plan import Plan
 from tuner.space import grid_values
 from tuner.storage import open_storage, set_stale_trial_callback
 from tuner.study import PRUNERS, SAMPLERS, RunOptions, StudySpec
-from tuner.tracking import StudyTracking
+from tuner.tracking import RUN_ID_ATTR, StudyTracking
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -51,9 +53,10 @@ def open_study(spec: StudySpec, options: RunOptions, create: bool = True, worker
         study = optuna.load_study(
             study_name=spec.name, storage=storage, sampler=make_sampler(seeded), pruner=make_pruner(spec)
         )
-        if study.direction.name.lower() != spec.resolved_direction:
+        existing = tuple(d.name.lower() for d in study.directions)
+        if existing != spec.directions:
             raise UserError(
-                f"study {spec.name!r} already exists with direction {study.direction.name.lower()}; "
+                f"study {spec.name!r} already exists with direction {','.join(existing)}; "
                 "use another --study-name or the same metric and direction"
             )
         return study
@@ -64,7 +67,7 @@ def open_study(spec: StudySpec, options: RunOptions, create: bool = True, worker
         storage=storage,
         sampler=make_sampler(spec),
         pruner=make_pruner(spec),
-        direction=spec.resolved_direction,
+        directions=list(spec.directions),
     )
 
 
@@ -76,7 +79,8 @@ def prepare_study(plan: Plan) -> tuple[Any, StudyTracking]:
     study = open_study(spec, options)
     set_user_attrs(study, spec.user_attrs)
     tracking = open_tracking(study, spec, options)
-    set_user_attrs(study, {SPEC_ATTR: {**spec.to_record(), "trainable": plan.trainable_ref}})
+    record = {**spec.to_record(), "trainable": plan.trainable_ref, "import_paths": list(plan.import_paths)}
+    set_user_attrs(study, {SPEC_ATTR: record, MODELS_ATTR: str(plan.models_dir)})
     budget = spec.n_trials
     if budget is not None and not options.n_trials_in_all:
         # n_trials more, queued ones (interrupted trials to resume) among them: they run first
@@ -98,8 +102,22 @@ def close_parent_run(study: Any, tracking: StudyTracking, interrupted: bool) -> 
     from optuna.trial import TrialState
 
     tracking.sync()  # this process's trial records are written, whatever happens to the parent run
-    if not any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
+    trials = study.get_trials(deepcopy=False)
+    if not any(t.state == TrialState.RUNNING for t in trials):
+        log_best_models(study, trials, tracking)
         tracking.finish_study("KILLED" if interrupted else "FINISHED")
+
+
+def log_best_models(study: Any, trials: Sequence[FrozenTrial], tracking: StudyTracking) -> None:
+    """Log the kept best model (a front's models) to its trial's MLflow run, once; a failure is one warning."""
+    folder = study.user_attrs.get(MODELS_ATTR)
+    if not folder:
+        return
+    run_ids = {t.number: t.user_attrs[RUN_ID_ATTR] for t in trials if RUN_ID_ATTR in t.user_attrs}
+    try:
+        log_kept_models(Path(folder), run_ids, tracking.tracking_uri)
+    except Exception as exc:  # the model file is kept: `tuner best --model-out` still has it
+        logging.getLogger(__name__).warning("tuner: could not log the best model to MLflow: %s", exc)
 
 
 def counted_trials(trials: Sequence[FrozenTrial]) -> int:

@@ -81,7 +81,7 @@ def tracked_trial(
     pruned = results[-1].val_acc < PRUNE_BELOW * (1 - math.exp(-EPOCHS))
     kept = results[:2] if pruned else results
     for r in kept:
-        run.log_epoch(r)
+        run.log_epoch(r.epoch, r.metrics(), r.resumed)
         trial.report(r.val_acc, r.epoch)
     if pruned:
         trial.set_user_attr("reason", "pruned at epoch 2")
