@@ -44,5 +44,6 @@ def check_dataset_files(dataset: str, data_dir: str, download: bool = False) -> 
         shown = ", ".join(p.name for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise DatasetNotFound(
             f"dataset {dataset}: {len(missing)} file(s) missing in {Path(data_dir).expanduser() / folder} ({shown}); "
-            f"put the {dataset} files there, point data_dir at them, or set download=True on a machine with internet access"
+            f"put the {dataset} files there, point --data-dir (data_dir) at them, or add --download (download=True) "
+            "on a machine with internet access"
         )

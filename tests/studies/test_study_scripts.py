@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
+import subprocess
+import sys
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ from optuna.trial import TrialState
 
 from tests.tuner.fakes import curve_fit
 from trainables import OPTIMIZERS, EpochResult, TrainConfig, takes_train_config
+from tuner import load_best_model
 from tuner.cli import main
 from tuner.errors import UserError
 from tuner.group import RERUNS_ATTR, StudyGroup
@@ -194,3 +198,30 @@ def test_a_single_study_script_refuses_a_small_budget(tmp_path: Path, capsys: py
         "tuner: error: --budget small: study 'quickstart' has only the default budget; drop --budget"
     )
     assert not (tmp_path / "j").exists()  # refused before anything was created
+
+
+@pytest.mark.slow
+def test_the_own_model_example_runs_from_any_directory_and_learns(tmp_path: Path) -> None:
+    """`tuner run studies/own_model/study.py`: a user package beside the script, its own metric and model."""
+    env = {**os.environ, "PYTHONPATH": str(STUDIES.parent), "OMP_NUM_THREADS": "1"}
+    script = STUDIES / "own_model" / "study.py"
+    done = subprocess.run(
+        [sys.executable, "-m", "tuner.cli", "run", str(script), "--n-trials", "3", "--quiet"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "reports" / "own-model" / "report.html").is_file()
+    study = optuna.load_study(
+        study_name="own-model", storage=open_storage(str(tmp_path / "mlruns" / "optuna.journal"), heartbeat=False)
+    )
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert study.best_value > 0.8  # macro-F1 over 3 classes: chance is about 0.33
+    sys.path.insert(0, str(script.parent))
+    try:
+        from spirals.data import splits  # type: ignore[import-not-found]
+        from spirals.train import evaluate  # type: ignore[import-not-found]
+
+        model = load_best_model("own-model", storage=str(tmp_path / "mlruns" / "optuna.journal"))
+        assert evaluate(model, *splits()["val"])[0] == pytest.approx(study.best_value)
+    finally:
+        sys.path.remove(str(script.parent))

@@ -82,6 +82,7 @@ def test_same_flags_work_when_the_script_runs_directly(tmp_path: Path) -> None:
         ("", "", ["--storage", "mysql://x/y"], "unsupported scheme 'mysql'"),
         ("", "", ["--storage", "nowhere/deep/optuna.journal"], "does not exist"),
         ("", "", ["--device", "gpu"], "--device 'gpu' is invalid"),
+        (', "dataset": "mnist"', "", ["--data-dir", "nowhere"], "missing in nowhere/MNIST/raw"),
         ("", "", ["--tracking-uri", "ftp://x"], "--tracking-uri ftp://x: unsupported"),
         ("", "", ["--n-trials", "many"], "invalid int value: 'many'"),
     ],

@@ -59,8 +59,11 @@ def extract(studies: list[Any], tracking_uri: str | None) -> Tables:
     study_rows = [_study_row(s, frozen[s.study_name], runs) for s in studies]
     if len({r["metric"] for r in study_rows}) > 1:
         notes.append("the studies optimise different metrics; comparisons use each study's own metric")
+    fronts = {s.study_name: {t.number for t in s.best_trials} if len(s.directions) > 1 else set() for s in studies}
     trial_rows = [
-        _trial_row(s, row, t, runs) for s, row in zip(studies, study_rows, strict=True) for t in frozen[s.study_name]
+        {**_trial_row(s, row, t, runs), "on_front": t.number in fronts[s.study_name]}
+        for s, row in zip(studies, study_rows, strict=True)
+        for t in frozen[s.study_name]
     ]
     epoch_rows = [
         {"study": s.study_name, "number": t.number, "state": t.state.name, "epoch": int(step), "value": float(v)}
@@ -91,17 +94,24 @@ def extract(studies: list[Any], tracking_uri: str | None) -> Tables:
 def _study_row(study: Any, trials: list[Any], runs: RunRecords) -> dict[str, Any]:
     attrs = study.user_attrs
     parent = attrs.get(PARENT_RUN_ATTR)
-    metric = (
-        (study.metric_names or [None])[0]
+    named = (
+        ",".join(study.metric_names or [])
         or attrs.get("metric")
         or runs.parent_params.get(parent or "", {}).get("metric")
+        or DEFAULT_METRIC
     )
+    objectives = named.split(",")  # a multi-objective study's parent run records "a,b"
+    directions = [d.name.lower() for d in study.directions]
+    if len(objectives) != len(directions):
+        objectives = [*objectives, *(f"objective {i}" for i in range(len(objectives), len(directions)))]
     states = [t.state.name for t in trials]
     return {
         "study": study.study_name,
         "kind": attrs.get("kind", "generic"),
-        "direction": study.direction.name.lower(),
-        "metric": metric or DEFAULT_METRIC,
+        "direction": directions[0],  # of the first objective: the one curves, bests and pruning follow
+        "metric": objectives[0],
+        "objectives": objectives[: len(directions)],
+        "directions": directions,
         "comparison": attrs.get("comparison"),
         "optimizer": attrs.get("optimizer"),
         "schedule": attrs.get("schedule"),
@@ -126,7 +136,8 @@ def _trial_row(study: Any, study_row: dict[str, Any], trial: Any, runs: RunRecor
         "number": trial.number,
         "state": trial.state.name,
         # Optuna gives pruned trials their last intermediate value; that is `last_value` here
-        "value": trial.value if trial.state.name == "COMPLETE" and math.isfinite(trial.value) else math.nan,
+        "value": _first_value(trial),
+        "values_json": json.dumps(trial.values) if trial.state.name == "COMPLETE" else None,
         "last_value": trial.intermediate_values[steps[-1]] if steps else math.nan,
         "last_epoch": steps[-1] if steps else 0,
         "epochs_run": len(steps),
@@ -159,6 +170,14 @@ def _trial_row(study: Any, study_row: dict[str, Any], trial: Any, runs: RunRecor
     return row
 
 
+def _first_value(trial: Any) -> float:
+    """A complete trial's value (its first objective's, for several), else NaN."""
+    if trial.state.name != "COMPLETE" or not trial.values:
+        return math.nan
+    value = float(trial.values[0])
+    return value if math.isfinite(value) else math.nan
+
+
 def _number(value: Any) -> float:
     try:
         return float(value)
@@ -167,7 +186,7 @@ def _number(value: Any) -> float:
 
 
 TRIAL_COLUMNS = (
-    "study", "kind", "number", "state", "value", "last_value", "last_epoch", "epochs_run", "datetime_start",
+    "study", "kind", "number", "state", "value", "values_json", "on_front", "last_value", "last_epoch", "epochs_run", "datetime_start",
     "datetime_complete", "duration_seconds", "reason", "pruned_at_epoch", "group", "mlflow_run_id", "optimizer",
     "schedule", "params_json", *NUMERIC_FIELDS, *FINAL_KEYS,
 )  # fmt: skip

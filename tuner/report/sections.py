@@ -129,6 +129,10 @@ def _study_entries(tables: Tables, study: str) -> list[Entry]:
             else f"{study}: no parameter was sampled in every complete trial, so no parallel coordinates",
         )
     )
+    row = tables.studies[tables.studies["study"] == study].iloc[0]
+    if len(row["objectives"]) > 1:
+        front = study_figures.pareto_front(trials, list(row["objectives"]), list(row["directions"]), study)
+        entries.append(Entry(f"{slug}-pareto", section, front))
     rows = tables.importances[tables.importances["study"] == study]
     skipped = next((n for n in tables.notes if n.startswith(f"{study}: parameter importances")), None)
     entries.append(Entry(f"{slug}-importances", section, study_figures.importances(rows, study, metric), skipped))

@@ -71,6 +71,35 @@ def parallel_coordinates(trials: pd.DataFrame, params: pd.DataFrame, study: str,
     return fig
 
 
+def pareto_front(trials: pd.DataFrame, objectives: list[str], directions: list[str], study: str) -> go.Figure:
+    """The complete trials in the plane of the first two objectives, the Pareto front joined and marked."""
+    import json
+
+    done = trials[(trials["state"] == "COMPLETE") & trials["values_json"].notna()]
+    values = done["values_json"].map(json.loads)
+    x, y = values.map(lambda v: v[0]), values.map(lambda v: v[1])
+    on_front = done["on_front"].fillna(False).astype(bool)
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=x[~on_front], y=y[~on_front], mode="markers", name="dominated", marker={"color": "#bbbbbb", "size": 8},
+            text=[f"trial {n}" for n in done["number"][~on_front]],
+        )
+    )  # fmt: skip
+    order = x[on_front].sort_values().index
+    fig.add_trace(
+        go.Scatter(
+            x=x[order], y=y[order], mode="lines+markers", name="Pareto front",
+            marker={"color": STATE_COLORS["COMPLETE"], "size": 10}, line={"shape": "hv"},
+            text=[f"trial {n}" for n in done["number"][order]],
+        )
+    )  # fmt: skip
+    fig.update_xaxes(title_text=f"{objectives[0]} ({directions[0]})")
+    fig.update_yaxes(title_text=f"{objectives[1]} ({directions[1]})")
+    shown = "" if len(objectives) == 2 else f" (first 2 of {len(objectives)} objectives)"
+    return style(fig, f"{study}: Pareto front of {len(order)} of {len(done)} complete trials{shown}")
+
+
 def importances(rows: pd.DataFrame, study: str, metric: str) -> go.Figure | None:
     """Parameter importances (Optuna, PED-ANOVA) as horizontal bars, most important on top."""
     if rows.empty:
