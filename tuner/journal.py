@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -50,15 +51,55 @@ DURABLE_OPS = frozenset(
 
 
 class JournalFile(JournalFileBackend):
-    """Optuna's journal file, lock and format, with the fsync left to the caller."""
+    """Optuna's journal file, lock and format, with the fsync left to the caller.
+
+    Before each append it cuts a torn last record (what a crash or a full disk mid-append
+    leaves: a line without its newline), so that the new record does not glue onto it and
+    make the whole file unreadable; only that fragment is lost, never a complete record.
+    """
 
     def append_logs(self, logs: list[dict[str, Any]], durable: bool = True) -> None:
         data = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
         with get_lock_file(self._lock), open(self._file_path, "ab") as f:
+            cut_torn_tail(self._file_path)  # under the lock: no other writer is mid-append
             f.write(data.encode("utf-8"))
             f.flush()
             if durable:
                 os.fsync(f.fileno())
+
+
+def cut_torn_tail(path: str) -> int:
+    """Truncate the file after its last newline when it does not end with one; returns the bytes dropped."""
+    with open(path, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        end = size
+        while end > 0:  # back to the last newline, a block at a time
+            start = max(0, end - 65536)
+            f.seek(start)
+            block = f.read(end - start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            end = start
+        else:
+            keep = 0
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    dropped = size - keep
+    logging.getLogger(__name__).warning(
+        "tuner: the journal %s ended in a torn record (a crash or a full disk mid-write): dropped its %d bytes; "
+        "every complete record is kept",
+        path,
+        dropped,
+    )
+    return dropped
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):

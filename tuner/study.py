@@ -147,12 +147,11 @@ class StudySpec:
         check_metrics(self.metric, self.direction, takes_config)
         if self.n_trials is not None and (isinstance(self.n_trials, bool) or self.n_trials < 1):
             raise UserError(f"--n-trials {self.n_trials}: give a positive number of trials")
-        if self.timeout is not None and self.timeout <= 0:
-            raise UserError(f"--timeout {self.timeout}: give a positive number of seconds")
+        check_timeout(self.timeout)
         if self.n_trials is None and self.timeout is None:
             raise UserError("the study has no budget: give --n-trials or --timeout")
-        if self.seed < 0:
-            raise UserError(f"--seed {self.seed}: give a non-negative seed")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise UserError(f"--seed {self.seed}: give a whole number from 0 to {2**32 - 1}")
         validate_space(self.space, train_config=takes_config)
         if self.multi_objective and self.sampler in ("cmaes", "gp"):
             raise UserError(f"sampler {self.sampler!r} has one objective: use tpe, random, qmc or grid for several")
@@ -270,6 +269,11 @@ def check_datasets(space: Space) -> None:
                     check_dataset_files(str(dataset), str(data_dir), bool(download))
                 except DatasetNotFound as exc:
                     raise UserError(str(exc)) from None
+
+
+def check_timeout(seconds: float | None) -> None:
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise UserError(f"--timeout {seconds}: give a positive, finite number of seconds")
 
 
 def check_checkpoint_every(seconds: float) -> None:

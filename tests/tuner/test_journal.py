@@ -156,3 +156,32 @@ def test_an_unpickled_storage_reads_the_whole_journal_again(tmp_path: Path) -> N
     study.tell(study.ask(), 1.0)
     copy = pickle.loads(pickle.dumps(storage))
     assert [t.value for t in copy.get_all_trials(study._study_id)] == [1.0]
+
+
+def test_a_torn_tail_is_cut_before_the_next_append_and_no_complete_record_is_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a crash or a full disk mid-append leaves: the last record without its end. Unfixed, the next
+    append glues onto it and every later read of the file fails."""
+    path = tmp_path / "optuna.journal"
+    study = optuna.create_study(study_name="torn", storage=storage_at(path))
+    for x in (1.0, 2.0, 3.0):
+        study.enqueue_trial({"x": x})
+        study.optimize(lambda t: t.suggest_float("x", 0, 10), n_trials=1)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-5])  # the last record (trial 2's end) torn
+
+    again = optuna.load_study(study_name="torn", storage=storage_at(path))  # reading skips the fragment
+    assert [t.state.name for t in again.trials] == ["COMPLETE", "COMPLETE", "RUNNING"]
+    with caplog.at_level("WARNING"):
+        again.optimize(lambda t: t.suggest_float("x", 0, 10), n_trials=1)  # appends: the fragment is cut first
+    cut = len(whole) - 5 - whole[:-5].rfind(b"\n") - 1
+    assert [r.getMessage() for r in caplog.records if "torn record" in r.getMessage()] == [
+        f"tuner: the journal {path} ended in a torn record (a crash or a full disk mid-write): dropped its {cut} "
+        "bytes; every complete record is kept"
+    ]
+    reread = optuna.load_study(study_name="torn", storage=JournalStorage(JournalFileBackend(str(path))))
+    trials = reread.trials
+    assert [t.params["x"] for t in trials[:2]] == [1.0, 2.0] and [t.value for t in trials[:2]] == [1.0, 2.0]
+    assert trials[-1].state.name == "COMPLETE"  # the new trial's records are whole
+    assert path.read_bytes().startswith(whole[: whole[:-5].rfind(b"\n") + 1])  # every complete line kept

@@ -177,3 +177,23 @@ def test_kept_checkpoints_hold_each_trials_trained_model(options: RunOptions) ->
     assert [p.name for p in kept] == [f"trial-{t.number}.pt" for t in study.trials]
     for path in kept:
         assert torch.load(path, weights_only=False)["epoch"] == 2
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_resumed_study_samples_new_points_and_a_seed_reproduces_a_study(
+    options: RunOptions, tmp_path: Path, sampler: str
+) -> None:
+    """Seeding each process once made every run of a study (and every joining worker) replay its first points."""
+    spec = StudySpec(name="seeded", space=SPACE, sampler=sampler, pruner="none", n_trials=3, trainable=curve_fit)
+    execute_study(spec, options)
+    study = execute_study(spec, options)  # run again: 3 more trials
+    lrs = [t.params["lr"] for t in study.trials]
+    assert len(lrs) == 6 and len(set(lrs)) == 6  # nothing sampled twice
+
+    other = replace(options, storage=str(tmp_path / "other.journal"))
+    again = execute_study(replace(spec, n_trials=6), other)  # the same seed, in one go
+    assert [t.params["lr"] for t in again.trials][:3] == lrs[:3]
+    if sampler == "random":  # independent of history: trial N's point is the seed's and N's
+        assert [t.params["lr"] for t in again.trials] == lrs
+    reseeded = execute_study(replace(spec, seed=1), replace(options, storage=str(tmp_path / "third.journal")))
+    assert [t.params["lr"] for t in reseeded.trials] != lrs[:3]

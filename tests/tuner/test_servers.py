@@ -8,7 +8,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
+from tests.browser import CHROMIUM, needs_chromium
 from tests.tuner.fakes import curve_fit
 from tuner.errors import UserError
 from tuner.run.execute import execute_study
@@ -34,7 +34,6 @@ from tuner.tracking import PARENT_RUN_ATTR
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 STUDY = "ui-study"
 N_TRIALS = 3
 
@@ -247,7 +246,7 @@ def read_until(p: subprocess.Popen[str], pattern: str, timeout: float = 240) -> 
             return line.strip()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium to open the MLflow UI in")
+@needs_chromium("no chromium to open the MLflow UI in")
 def test_tuner_ui_serves_the_study_to_a_browser_and_stops_on_sigterm(store: Store, cli: list) -> None:
     port = free_port()
     p = start_cli(cli, "ui", "--port", str(port), "--tracking-uri", store.options.tracking_uri)

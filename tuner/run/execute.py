@@ -20,7 +20,7 @@ from tuner.errors import UserError
 from tuner.heap import freeze_heap
 from tuner.locations import check_storage_url, check_tracking_uri, heartbeat_seconds, redact, storage_kind
 from tuner.run.adapter import TrialFailed, TrialRunner
-from tuner.run.launch import launch
+from tuner.run.launch import launch, watch_launcher
 from tuner.run.models import ModelKeeper
 from tuner.run.open import (
     BUDGET_ATTR,
@@ -35,7 +35,7 @@ from tuner.run.open import (
 from tuner.run.plan import Plan, make_plan
 from tuner.run.pruning import CurvePruner
 from tuner.storage import open_storage
-from tuner.study import RunOptions, StudySpec, check_checkpoint_every
+from tuner.study import RunOptions, StudySpec, check_checkpoint_every, check_timeout
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -147,11 +147,13 @@ def budget_left(study: Any, trials: Sequence[FrozenTrial]) -> bool:
 def join(study_name: str, options: RunOptions, worker_index: int | None = None, timeout: float | None = None) -> int:
     """`tuner worker`: run trials of an existing study until its budget is used; returns how many ran."""
     quiet_optuna()
+    watch_launcher()
     if options.threads is not None and options.threads < 1:
         raise UserError(f"--threads {options.threads}: give 1 or more")
     check_storage_url(options.storage)
     check_tracking_uri(options.tracking_uri)
     check_checkpoint_every(options.checkpoint_every)
+    check_timeout(timeout)
     if storage_kind(options.storage) == "journal" and not Path(options.storage).exists():
         raise UserError(
             f"--storage {options.storage}: no such journal file; create the study first with "

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -25,6 +26,8 @@ from tuner.run.plan import Plan
 from tuner.study import RunOptions
 
 STORAGE_ENV, TRACKING_ENV = "TUNER_STORAGE", "TUNER_TRACKING_URI"
+LAUNCHER_ENV = "TUNER_LAUNCHER_PID"  # a local worker's launcher: the worker stops when it is gone
+WATCH_SECONDS = 1.0
 STOP_SECONDS = 120  # after forwarding Ctrl-C / SIGTERM, how long workers get to close their trials
 
 
@@ -45,6 +48,7 @@ def launch(plan: Plan) -> Any:
     spec, options = plan.spec, plan.options
     study, tracking = prepare_study(plan)
     env = {**os.environ, STORAGE_ENV: options.storage, TRACKING_ENV: options.tracking_uri}
+    env[LAUNCHER_ENV] = str(os.getpid())
     threads = cpu_threads(options.workers)
     procs = []
     for index, device in enumerate(worker_devices(options)):
@@ -83,6 +87,26 @@ def launch(plan: Plan) -> Any:
             f"resumable: see its state with `tuner studies`, run the same command again to finish it"
         )
     return study
+
+
+def watch_launcher() -> None:
+    """In a worker that a launcher started: SIGTERM ourselves when the launcher dies (SIGKILL, a crash).
+
+    The workers run in sessions of their own (one crashing takes no other down), so nothing
+    else would stop them: they would train on unseen, and running the command again would
+    double them. SIGTERM closes the running trial and queues it again, as Ctrl-C does.
+    """
+    text = os.environ.pop(LAUNCHER_ENV, "")
+    if not text.isdigit():
+        return
+    launcher = int(text)
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(WATCH_SECONDS)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="watch-launcher", daemon=True).start()
 
 
 def _watch(study: Any, plan: Plan, procs: list[subprocess.Popen[bytes]]) -> None:

@@ -9,11 +9,12 @@ is set to `n_trials`), so N workers run n_trials between them, not N times as ma
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from optuna.samplers import BaseSampler
 
 from tuner.errors import UserError
 from tuner.locations import redact
@@ -43,15 +44,16 @@ def quiet_optuna() -> None:
 def open_study(spec: StudySpec, options: RunOptions, create: bool = True, worker_index: int = 0) -> Any:
     """Create the study, or load it when it exists (resume, or join from another worker).
 
-    Workers sample with seeds `worker_index` apart, or they would all draw the same trials.
+    Every process samples trial N from the study's seed and N (`TrialSeeded`), so a resumed or
+    joined study goes on with new points instead of replaying the first ones; `worker_index` is
+    kept for the callers' sake and no longer changes the sampling.
     """
     import optuna
 
     storage = open_storage(options.storage)
     if spec.name in optuna.get_all_study_names(storage):
-        seeded = dataclasses.replace(spec, seed=spec.seed + worker_index) if spec.sampler != "qmc" else spec
         study = optuna.load_study(
-            study_name=spec.name, storage=storage, sampler=make_sampler(seeded), pruner=make_pruner(spec)
+            study_name=spec.name, storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec)
         )
         existing = tuple(d.name.lower() for d in study.directions)
         if existing != spec.directions:
@@ -134,6 +136,10 @@ def set_user_attrs(study: Any, attrs: Mapping[str, Any]) -> None:
 
 
 def make_sampler(spec: StudySpec) -> Any:
+    return TrialSeeded(_base_sampler(spec), spec.seed)
+
+
+def _base_sampler(spec: StudySpec) -> Any:
     import optuna
 
     s = optuna.samplers
@@ -151,6 +157,57 @@ def make_sampler(spec: StudySpec) -> Any:
     if spec.sampler == "qmc":
         return s.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
     raise UserError(f"sampler {spec.sampler!r} is unknown: choose one of {', '.join(SAMPLERS)}")
+
+
+class TrialSeeded(BaseSampler):
+    """A sampler whose random state is set, before each trial, from the study's seed and the trial's number.
+
+    Seeding each process once (from the study's seed) made a resumed study, a second run or a
+    joining worker draw the same first points again. Trial numbers are unique in a study, so
+    every trial gets its own stream, and a study stays reproducible from its seed.
+    """
+
+    def __init__(self, sampler: Any, seed: int) -> None:
+        self.sampler, self.seed = sampler, seed
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the wrapped sampler's
+        return getattr(self.sampler, name)
+
+    def before_trial(self, study: Any, trial: Any) -> None:
+        import numpy as np
+
+        state = int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0])
+        for rng in _random_states(self.sampler):
+            rng.seed(state)
+        self.sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+        return self.sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+        return self.sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+        return self.sampler.sample_independent(study, trial, name, distribution)
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        self.sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.sampler.reseed_rng()
+
+
+def _random_states(sampler: Any, depth: int = 0) -> list[Any]:
+    """The numpy RandomStates of a sampler and of the samplers it holds (TPE's random one, CMA-ES's independent one)."""
+    from optuna.samplers._lazy_random_state import LazyRandomState
+
+    found = []
+    for value in vars(sampler).values():
+        if isinstance(value, LazyRandomState):
+            found.append(value.rng)
+        elif isinstance(value, BaseSampler) and depth < 2:
+            found += _random_states(value, depth + 1)
+    return found
 
 
 def make_pruner(spec: StudySpec) -> Any:

@@ -9,13 +9,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from tests.browser import CHROMIUM, needs_chromium
 from tests.tuner.report.conftest import Store
-from tests.tuner.report.test_render import CHROMIUM
 from tuner.report import build_report
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium to open the page in (CI installs it)")
+pytestmark = needs_chromium("no chromium to open the page in")
 
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

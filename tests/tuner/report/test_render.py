@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import optuna
@@ -10,13 +9,12 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from tests.browser import CHROMIUM, needs_chromium
 from tests.tuner.report.conftest import Store
 from tuner.errors import UserError
 from tuner.report import build_report, write_report
 from tuner.report.page import markdown_table
 from tuner.storage import open_storage
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +79,7 @@ def test_without_a_browser_html_and_tables_are_written_and_one_line_says_how_to_
     assert "PNG images skipped" in html.read_text()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium: kaleido needs one for PNGs (CI installs it)")
+@needs_chromium("no chromium: kaleido needs one for PNGs")
 def test_every_figure_becomes_a_png(comparison: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BROWSER_PATH", str(CHROMIUM))
     report = build_report(["cmp.adam"], tmp_path, comparison.storage, comparison.tracking_uri, png=True)
