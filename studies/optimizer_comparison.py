@@ -97,7 +97,7 @@ def rerun_space(budget: Budget) -> dict[str, Any]:
         "lr": Float(1e-6, 10.0, log=True),
         "lr_schedule": Categorical(SCHEDULES),
         "weight_decay": Float(0.0, 1.0),
-        "momentum": Float(0.0, 0.999, when={"optimizer": list(MOMENTUM_OPTIMIZERS)}),
+        "momentum": Float(0.01, 0.999, when={"optimizer": list(MOMENTUM_OPTIMIZERS)}),
         "seed": Int(0, 1_000_000),
     }
 

@@ -16,6 +16,7 @@ turns a space into Optuna suggestions (`suggest_params`; `suggest` builds a Trai
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -144,6 +145,37 @@ def validate_space(space: Space, train_config: bool = True) -> None:
         elif train_config:
             _check_fixed(name, dist)
         seen.add(name)
+    if train_config:
+        _check_corners(space, fixed)
+
+
+# TrainConfig fields whose valid values depend on each other (warmup_epochs < epochs for
+# warmup_cosine; momentum > 0 for nesterov): their corners are checked together.
+CROSS_CHECKED = ("optimizer", "lr_schedule", "epochs", "momentum", "warmup_epochs")
+
+
+def _check_corners(space: Space, fixed: Mapping[str, Any]) -> None:
+    """Every combination of the cross-checked fields' extreme values that a trial can draw makes a valid config."""
+    dists = [(n, d) for n, d in space.items() if n in CROSS_CHECKED and is_distribution(d)]
+    if not dists:
+        return
+    corners = [[(n, v) for v in _extremes(d)] for n, d in dists]
+    for combo in itertools.product(*corners):
+        values = dict(fixed)
+        for name, value in combo:  # in the space's order: a value applies only when its conditions hold
+            if all(values.get(c) in allowed for c, allowed in space[name].when.items()):
+                values[name] = value
+        try:
+            TrainConfig(**values)
+        except (TypeError, ValueError) as exc:
+            drawn = ", ".join(f"{n}={values[n]!r}" for n, _ in combo if n in values)
+            raise UserError(
+                f"search space: a trial can draw {drawn}, which is invalid: {exc}; narrow a range or fix a value"
+            ) from None
+
+
+def _extremes(dist: Distribution) -> list[Any]:
+    return list(dist.choices) if isinstance(dist, Categorical) else [dist.low, dist.high]
 
 
 def _check_values(name: str, dist: Distribution, fixed: Mapping[str, Any]) -> None:

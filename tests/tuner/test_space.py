@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
 import pytest
 
@@ -102,3 +104,56 @@ def test_describe_is_json_friendly() -> None:
 
     text = json.dumps(describe(default_space()))
     assert '"when": {"optimizer": ["momentum", "nesterov"]}' in text
+
+
+def study_script_spaces() -> list[tuple[str, dict[str, Any]]]:
+    """The search space of every study in studies/ (every member and budget of a group, its re-run space too)."""
+    from pathlib import Path
+
+    from tuner.group import StudyGroup
+    from tuner.scripts import load_study_script
+    from tuner.study import BUILTIN_TRAINABLE, StudySpec
+
+    spaces: list[tuple[str, dict[str, Any]]] = [("default", default_space())]
+    for script in sorted((Path(__file__).resolve().parents[2] / "studies").glob("*.py")):
+        study = load_study_script(str(script))
+        if isinstance(study, StudySpec) and study.trainable == BUILTIN_TRAINABLE:
+            spaces.append((script.stem, dict(study.space)))
+        elif isinstance(study, StudyGroup):
+            for budget_name, budget in study.budgets.items():
+                spaces += [(f"{s.name}/{budget_name}", dict(s.space)) for s in study.studies(script.stem, budget)]
+                if study.rerun_space is not None:
+                    spaces.append((f"{script.stem}.seeds/{budget_name}", dict(study.rerun_space(budget))))
+    return spaces
+
+
+def test_every_config_a_valid_space_can_yield_is_valid() -> None:
+    """Property: a space validation accepts never yields an invalid config; checked over many sampled trials
+    of every study script's space and the default space, with epochs fixed from 1 to 6."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    accepted = refused = 0
+    for _name, space in study_script_spaces():
+        validate_space(space)  # every study script's own space is valid as it stands
+        for epochs in range(1, 7):
+            candidate = {**space, "epochs": epochs}
+            try:
+                validate_space(candidate)
+            except UserError:
+                refused += 1
+                continue
+            accepted += 1
+            study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=epochs))
+            for _ in range(150):
+                trial = study.ask()
+                suggest(trial, candidate)  # raises ConfigError on an invalid config
+                study.tell(trial, 0.0)
+    assert accepted >= 20 and refused >= 1, (accepted, refused)
+
+
+def test_a_space_that_can_yield_an_invalid_config_is_refused_up_front() -> None:
+    """The default space with 3 epochs can draw warmup_cosine with 3 warm-up epochs: refused, naming the draw."""
+    with pytest.raises(UserError, match=r"a trial can draw .*lr_schedule='warmup_cosine', warmup_epochs=3"):
+        validate_space({**default_space(), "epochs": 3})
+    space = {"optimizer": Categorical(["sgd", "nesterov"]), "momentum": Float(0.0, 0.9), "epochs": 3}
+    with pytest.raises(UserError, match=r"optimizer='nesterov', momentum=0\.0"):
+        validate_space(space)
