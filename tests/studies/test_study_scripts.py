@@ -215,7 +215,9 @@ def test_the_own_model_example_runs_from_any_directory_and_learns(tmp_path: Path
         study_name="own-model", storage=open_storage(str(tmp_path / "mlruns" / "optuna.journal"), heartbeat=False)
     )
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
-    assert study.best_value > 0.8  # macro-F1 over 3 classes: chance is about 0.33
+    best = study.best_trial
+    curve = [best.intermediate_values[step] for step in sorted(best.intermediate_values)]
+    assert len(curve) == 12 and curve[-1] > max(0.5, curve[0])  # it learns: macro-F1 of 3 classes, chance 0.33
     sys.path.insert(0, str(script.parent))
     try:
         from spirals.data import splits  # type: ignore[import-not-found]
