@@ -70,11 +70,20 @@ def machine(device: Any = None) -> str:
     return f"{line} · load average (1/5/15 min) {load_average()}"
 
 
-def fixed_configs(n: int, epochs: int, seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(space, params): the first `n` parameter sets that Optuna's `RandomSampler(seed)` draws from
-    the default space (epochs fixed, CPU).
+def seeded_sampler(seed: int = 0) -> Any:
+    """Optuna's `RandomSampler(seed)` as tuner runs it: reseeded before each trial from (seed, trial number)."""
+    import optuna
 
-    Any study that samples this space with `RandomSampler(seed)` draws the same sequence, so
+    from tuner.run.open import TrialSeeded
+
+    return TrialSeeded(optuna.samplers.RandomSampler(seed=seed), seed)
+
+
+def fixed_configs(n: int, epochs: int, seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(space, params): the first `n` parameter sets that `seeded_sampler(seed)` draws from the
+    default space (epochs fixed, CPU).
+
+    Any study that samples this space with `seeded_sampler(seed)` draws the same sequence, so
     every arm of a benchmark trains the same configs whatever it runs them with.
     """
     import optuna
@@ -82,7 +91,7 @@ def fixed_configs(n: int, epochs: int, seed: int = 0) -> tuple[dict[str, Any], l
     from tuner.space import default_space, suggest
 
     space = {**default_space(), "epochs": epochs, "device": "cpu"}
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    study = optuna.create_study(sampler=seeded_sampler(seed))
     params = []
     for _ in range(n):
         trial = study.ask()

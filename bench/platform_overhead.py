@@ -19,7 +19,7 @@ epochs fixed, MNIST-1D, CPU) is trained in four arms:
             a fresh worker process per trial, JSON/CSV/TensorBoard result files.
 
 Fairness: every arm trains the same configs for the same number of epochs: all sample the
-same space with Optuna's `RandomSampler(seed=0)` (so sampling costs next to nothing and the
+same space with Optuna's `RandomSampler(seed=0)`, reseeded per trial as tuner does (so sampling costs next to nothing and the
 same in every arm) and the script checks that each arm trained the floor's configs; pruning
 is off (NopPruner in (b) and (c), an ASHA grace period equal to the epoch budget in (d)); one trial at a time,
 each with the same number of torch threads (Ray: one CPU per trial, one trial at a time);
@@ -52,7 +52,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import FitClock, Span, config_of, fixed_configs, machine, median, quiet, same_params, set_threads, table
+from _common import (
+    FitClock,
+    Span,
+    config_of,
+    fixed_configs,
+    machine,
+    median,
+    quiet,
+    same_params,
+    seeded_sampler,
+    set_threads,
+    table,
+)
 
 ARMS = ("floor", "tuner", "tuner_inline", "optuna", "ray")
 NEEDS = {"optuna": "optuna_integration", "ray": "ray"}  # arms that need the `bench` extra
@@ -137,7 +149,7 @@ def arm_optuna(space: dict[str, Any], params: list[dict[str, Any]], tmp: Path, t
     study = optuna.create_study(
         study_name=STUDY,
         storage=f"sqlite:///{tmp / 'optuna.db'}",
-        sampler=optuna.samplers.RandomSampler(seed=0),
+        sampler=seeded_sampler(0),
         pruner=optuna.pruners.NopPruner(),
         direction="maximize",
     )
@@ -190,7 +202,6 @@ def define_by_run(trial: Any, space: dict[str, Any]) -> None:
 
 
 def arm_ray(space: dict[str, Any], params: list[dict[str, Any]], tmp: Path, threads: int) -> dict[str, Any]:
-    import optuna
     import ray
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
@@ -215,7 +226,7 @@ def arm_ray(space: dict[str, Any], params: list[dict[str, Any]], tmp: Path, thre
             space=functools.partial(define_by_run, space=space),
             metric="val_acc",
             mode="max",
-            sampler=optuna.samplers.RandomSampler(seed=0),
+            sampler=seeded_sampler(0),
         )
         tuner = tune.Tuner(
             tune.with_resources(
