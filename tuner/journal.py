@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._heartbeat import BaseHeartbeat
@@ -60,38 +60,37 @@ class JournalFile(JournalFileBackend):
 
     def append_logs(self, logs: list[dict[str, Any]], durable: bool = True) -> None:
         data = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
-        with get_lock_file(self._lock), open(self._file_path, "ab") as f:
-            cut_torn_tail(self._file_path)  # under the lock: no other writer is mid-append
+        with get_lock_file(self._lock), open(self._file_path, "a+b") as f:  # appends; reads for the check
+            cut_torn_tail(f, self._file_path)  # under the lock: no other writer is mid-append
             f.write(data.encode("utf-8"))
             f.flush()
             if durable:
                 os.fsync(f.fileno())
 
 
-def cut_torn_tail(path: str) -> int:
-    """Truncate the file after its last newline when it does not end with one; returns the bytes dropped."""
-    with open(path, "r+b") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return 0
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return 0
-        end = size
-        while end > 0:  # back to the last newline, a block at a time
-            start = max(0, end - 65536)
-            f.seek(start)
-            block = f.read(end - start)
-            newline = block.rfind(b"\n")
-            if newline >= 0:
-                keep = start + newline + 1
-                break
-            end = start
-        else:
-            keep = 0
-        f.truncate(keep)
-        f.flush()
-        os.fsync(f.fileno())
+def cut_torn_tail(f: BinaryIO, path: str) -> int:
+    """Truncate the open file `f` after its last newline when it does not end with one; returns the bytes dropped."""
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+        return 0
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+        return 0
+    end = size
+    while end > 0:  # back to the last newline, a block at a time
+        start = max(0, end - 65536)
+        f.seek(start)
+        block = f.read(end - start)
+        newline = block.rfind(b"\n")
+        if newline >= 0:
+            keep = start + newline + 1
+            break
+        end = start
+    else:
+        keep = 0
+    f.truncate(keep)
+    f.flush()
+    os.fsync(f.fileno())
     dropped = size - keep
     logging.getLogger(__name__).warning(
         "tuner: the journal %s ended in a torn record (a crash or a full disk mid-write): dropped its %d bytes; "

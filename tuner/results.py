@@ -86,15 +86,15 @@ def print_best(study_name: str, storage: str, model_out: str | None = None) -> i
     if model_out is not None:
         import shutil
 
-        source = best_model_file(study)
+        source, trial = best_model(study)
         Path(model_out).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, model_out)
-        print(f"model of trial {model_trial(study)}: {model_out}", file=sys.stderr)
+        print(f"model of trial {trial}: {model_out}", file=sys.stderr)
     return 0
 
 
-def best_model_file(study: Any) -> Path:
-    """The file of the study's kept best model (a front's: the best in the first objective)."""
+def best_model(study: Any) -> tuple[Path, int]:
+    """The file of the study's kept best model (a front's: the best in the first objective), and its trial."""
     folder = study.user_attrs.get(MODELS_ATTR)
     kept = kept_models(Path(folder)) if folder else []
     if not kept:
@@ -106,11 +106,7 @@ def best_model_file(study: Any) -> Path:
     path = Path(folder) / first["file"]
     if not path.exists():
         raise UserError(f"the best model of study {study.study_name!r} should be at {path}, which is missing")
-    return path
-
-
-def model_trial(study: Any) -> int:
-    return int(_first_objective_best(study, kept_models(Path(study.user_attrs[MODELS_ATTR])))["trial"])
+    return path, int(first["trial"])
 
 
 def _first_objective_best(study: Any, kept: list[dict[str, Any]]) -> dict[str, Any]:
@@ -123,7 +119,8 @@ def load_best_model(study_name: str, storage: str = DEFAULT_STORAGE) -> Any:
     """The trained `nn.Module` of the study's best trial, as its trainable returned it."""
     import torch
 
-    return torch.load(best_model_file(load_study(study_name, storage)), map_location="cpu", weights_only=False)
+    path, _ = best_model(load_study(study_name, storage))
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def print_summary(study: Any, options: Any, where: bool = True) -> None:

@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 import trainables
 from tuner.errors import UserError
-from tuner.locations import MAX_RETRY
+from tuner.locations import DEFAULT_STORE, MAX_RETRY
 from tuner.run.context import TrialContext
 from tuner.run.models import ModelKeeper
 from tuner.run.pruning import CurvePruner
@@ -114,7 +114,7 @@ class TrialRunner:
     space: Space
     tracking: StudyTracking
     fit: FitFn  # the plan's trainable (`tuner.run.plan`)
-    metric: str | tuple[str, ...] = "val_acc"
+    metrics: tuple[str, ...] = ("val_acc",)  # the study's objectives; the first is reported and pruned on
     overrides: Mapping[str, Any] = field(default_factory=dict)
     checkpoint_dir: Path | None = None
     checkpoint_every: float = 0.0  # seconds between a trial's checkpoints (0: every epoch)
@@ -127,10 +127,6 @@ class TrialRunner:
     models: ModelKeeper | None = None
     curve_pruner: CurvePruner | None = None  # a multi-objective study: Optuna cannot prune it
     taken_over: list[int] = field(default_factory=list)  # trials failed as stale under us: see `work`
-
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        return (self.metric,) if isinstance(self.metric, str) else tuple(self.metric)
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         first_number = int(trial.user_attrs.get(ATTEMPT_OF_ATTR, trial.number))
@@ -256,11 +252,12 @@ class TrialRunner:
                 f"metric {missing[0]!r}: yield it every epoch, or set the study's metric to one of {', '.join(map(repr, raw))}"
             )
         metrics = {k: float(v) for k, v in raw.items() if k != EPOCH_KEY}
-        resumed = context is not None and context.loaded_epochs is not None and epochs_done == 0
+        loaded = context.loaded_epochs if context is not None else None
+        resumed = loaded is not None and epochs_done == 0
         if EPOCH_KEY in raw:
             step = int(raw[EPOCH_KEY])
-        elif resumed and context is not None and context.loaded_epochs is not None:
-            step = context.loaded_epochs + 1  # the first epoch after the checkpoint's
+        elif resumed and loaded is not None:
+            step = loaded + 1  # the first epoch after the checkpoint's
         else:
             step = number
         return Epoch(step, metrics, resumed)
@@ -269,8 +266,7 @@ class TrialRunner:
         import torch
 
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        folder = (self.checkpoint_dir or Path("mlruns") / "checkpoints") / self.tracking.experiment_id
-        trial_dir = folder / f"trial-{first_number}-files"
+        trial_dir = self._trial_folder() / f"trial-{first_number}-files"
         trial_dir.mkdir(parents=True, exist_ok=True)
         return TrialContext(
             trial_number=number,
@@ -296,10 +292,12 @@ class TrialRunner:
         if state == "PRUNED":
             trial.set_user_attr(PRUNED_AT_ATTR, epochs_done)
 
+    def _trial_folder(self) -> Path:
+        """Where this study's trials keep checkpoints and files."""
+        return (self.checkpoint_dir or DEFAULT_STORE / "checkpoints") / self.tracking.experiment_id
+
     def _checkpoint_path(self, key: int) -> Path | None:
-        if self.checkpoint_dir is None:
-            return None
-        return self.checkpoint_dir / self.tracking.experiment_id / f"trial-{key}.pt"
+        return None if self.checkpoint_dir is None else self._trial_folder() / f"trial-{key}.pt"
 
     def _remove_checkpoint(self, path: Path | None) -> None:
         if path is not None and not self.keep_checkpoints:

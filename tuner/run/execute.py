@@ -77,7 +77,7 @@ def make_runner(plan: Plan, tracking: StudyTracking) -> TrialRunner:
         space=spec.space,
         tracking=tracking,
         fit=plan.trainable(),
-        metric=spec.metric,
+        metrics=spec.metrics,
         overrides={"device": plan.device} if plan.device else {},
         takes_config=plan.takes_config,
         passes_context=plan.passes_context,

@@ -169,6 +169,7 @@ class TrialSeeded(BaseSampler):
 
     def __init__(self, sampler: Any, seed: int) -> None:
         self.sampler, self.seed = sampler, seed
+        self._states = _random_states(sampler)
 
     def __getattr__(self, name: str) -> Any:  # everything else is the wrapped sampler's
         return getattr(self.sampler, name)
@@ -177,7 +178,7 @@ class TrialSeeded(BaseSampler):
         import numpy as np
 
         state = int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0])
-        for rng in _random_states(self.sampler):
+        for rng in self._states:
             rng.seed(state)
         self.sampler.before_trial(study, trial)
 
