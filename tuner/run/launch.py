@@ -26,8 +26,7 @@ from tuner.run.plan import Plan
 from tuner.study import RunOptions
 
 STORAGE_ENV, TRACKING_ENV = "TUNER_STORAGE", "TUNER_TRACKING_URI"
-LAUNCHER_ENV = "TUNER_LAUNCHER_PID"  # a local worker's launcher: the worker stops when it is gone
-WATCH_SECONDS = 1.0
+LAUNCHER_ENV = "TUNER_LAUNCHER_FD"  # a local worker's end of a pipe that closes when its launcher dies
 STOP_SECONDS = 120  # after forwarding Ctrl-C / SIGTERM, how long workers get to close their trials
 
 
@@ -45,10 +44,43 @@ def worker_devices(options: RunOptions) -> list[str | None]:
 
 def launch(plan: Plan) -> Any:
     """Run the planned study in `options.workers` processes; returns the study when all have exited."""
-    spec, options = plan.spec, plan.options
+    options = plan.options
     study, tracking = prepare_study(plan)
     env = {**os.environ, STORAGE_ENV: options.storage, TRACKING_ENV: options.tracking_uri}
-    env[LAUNCHER_ENV] = str(os.getpid())
+    # The workers hold the read end; only this process holds the write end (pipes are not inherited
+    # unless passed), so the kernel closes it when this process dies, however it dies.
+    lifeline, held = os.pipe()
+    env[LAUNCHER_ENV] = str(lifeline)
+    procs: list[subprocess.Popen[bytes]] = []
+    interrupted = True
+    try:
+        try:
+            procs = _start_workers(plan, env, lifeline)
+        finally:
+            os.close(lifeline)  # the workers hold it now
+        freeze_heap()  # this process only watches from here on
+        _watch(study, plan, procs)
+        interrupted = False
+    except KeyboardInterrupt as exc:
+        _stop(procs, signal.SIGTERM if isinstance(exc, TerminatedError) else signal.SIGINT)
+        raise
+    finally:
+        os.close(held)  # any worker still running (a start that failed half-way) stops itself
+        close_parent_run(study, tracking, interrupted)
+    tracking.record_best(study)
+    failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
+    if failed:
+        described = ", ".join(f"worker {i} {_exit_text(code)}" for i, code in failed)
+        raise WorkersFailed(
+            f"{len(failed)} of {len(procs)} workers failed ({described}); the others went on and the study is "
+            f"resumable: see its state with `tuner studies`, run the same command again to finish it"
+        )
+    return study
+
+
+def _start_workers(plan: Plan, env: dict[str, str], lifeline: int) -> list[subprocess.Popen[bytes]]:
+    """Start `tuner worker` processes, each in a session of its own, holding the launcher's pipe."""
+    spec, options = plan.spec, plan.options
     threads = cpu_threads(options.workers)
     procs = []
     for index, device in enumerate(worker_devices(options)):
@@ -67,26 +99,8 @@ def launch(plan: Plan) -> Any:
         command += ["--keep-models", options.keep_models]
         if options.data_dir is not None:
             command += ["--data-dir", options.data_dir] + (["--download"] if options.download else [])
-        procs.append(subprocess.Popen(command, env=dict(env), start_new_session=True))
-    freeze_heap()  # this process only watches from here on
-    interrupted = True
-    try:
-        _watch(study, plan, procs)
-        interrupted = False
-    except KeyboardInterrupt as exc:
-        _stop(procs, signal.SIGTERM if isinstance(exc, TerminatedError) else signal.SIGINT)
-        raise
-    finally:
-        close_parent_run(study, tracking, interrupted)
-    tracking.record_best(study)
-    failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
-    if failed:
-        described = ", ".join(f"worker {i} {_exit_text(code)}" for i, code in failed)
-        raise WorkersFailed(
-            f"{len(failed)} of {len(procs)} workers failed ({described}); the others went on and the study is "
-            f"resumable: see its state with `tuner studies`, run the same command again to finish it"
-        )
-    return study
+        procs.append(subprocess.Popen(command, env=dict(env), start_new_session=True, pass_fds=(lifeline,)))
+    return procs
 
 
 def watch_launcher() -> None:
@@ -94,16 +108,20 @@ def watch_launcher() -> None:
 
     The workers run in sessions of their own (one crashing takes no other down), so nothing
     else would stop them: they would train on unseen, and running the command again would
-    double them. SIGTERM closes the running trial and queues it again, as Ctrl-C does.
+    double them. SIGTERM closes the running trial and queues it again, as Ctrl-C does. The
+    read of the launcher's pipe returns (end of file) the moment the launcher is gone.
     """
     text = os.environ.pop(LAUNCHER_ENV, "")
     if not text.isdigit():
         return
-    launcher = int(text)
+    lifeline = int(text)
 
     def watch() -> None:
-        while os.getppid() == launcher:
-            time.sleep(WATCH_SECONDS)
+        try:
+            while os.read(lifeline, 1):
+                pass
+        except OSError:  # not the pipe we were given: watch nothing
+            return
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="watch-launcher", daemon=True).start()
