@@ -13,6 +13,7 @@ import signal
 import sys
 from typing import Any
 
+from tuner import interrupts
 from tuner.errors import TerminatedError, UserError
 from tuner.locations import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, redact
 
@@ -149,8 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_storage_flags(worker)
     worker.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the study's, auto)")
     worker.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    worker.add_argument("--worker-index", type=int, help="offsets the sampler seed (default: the process id)")
+    worker.add_argument(
+        "--worker-index", type=int, help="names this worker (default: the process id); sampling is seeded per trial"
+    )
     worker.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    worker.add_argument(
+        "--run-key", help="the run whose trial budget to share (default: the study's latest `tuner create` or run)"
+    )
     add_checkpoint_flags(worker)
     add_data_flags(worker)
     worker.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -204,15 +210,17 @@ def main_for_script(study: Any, argv: list[str] | None = None) -> None:
 
 
 def _dispatch(args: argparse.Namespace, command: Any) -> int:
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM closes the trial like Ctrl-C
+    signal.signal(signal.SIGTERM, _raise_terminated)  # SIGTERM closes the trial like Ctrl-C
     # Ctrl-C raises KeyboardInterrupt even when started with SIGINT ignored (`cmd &` in a script)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _raise_interrupted)
     try:
         return int(command())
     except TerminatedError:  # before KeyboardInterrupt: it is one
+        interrupts.clear()
         print("tuner: terminated; the study can be resumed by running the same command again", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
+        interrupts.clear()
         print("tuner: interrupted; the study can be resumed by running the same command again", file=sys.stderr)
         return 130
     except Exception as exc:
@@ -222,8 +230,12 @@ def _dispatch(args: argparse.Namespace, command: Any) -> int:
         return 2
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise TerminatedError()
+def _raise_terminated(signum: int, frame: Any) -> None:
+    interrupts.interrupt(TerminatedError())
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    interrupts.interrupt(KeyboardInterrupt())
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -295,6 +307,7 @@ def run_options(args: argparse.Namespace) -> Any:
         checkpoint_every=args.checkpoint_every,
         threads=getattr(args, "threads", None),
         budget=getattr(args, "budget", "default"),
+        run_key=getattr(args, "run_key", None),
         keep_models=args.keep_models,
         data_dir=args.data_dir,
         download=args.download,

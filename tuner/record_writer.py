@@ -17,6 +17,11 @@ helper doing the CPU work beside the training slowed it by more than it saved
 (bench/RESULTS.md). `TUNER_RECORD_WRITER=process` uses the helper for every store,
 `inline` for none.
 
+A write that fails (a full disk, a store or server that is down) never raises into the
+trial: the writer logs one line per run that lost a write, and tags the run on its next
+write that succeeds (`tuner.lost_writes`), so that `tuner.backfill` later restores what the
+Optuna study holds of it. The training result is the record that matters.
+
 The helper ignores SIGINT and SIGTERM (its parent handles them, syncs and closes the pipe)
 and stops at the end of its input, so it also applies what a parent killed by SIGKILL had
 sent.
@@ -46,6 +51,10 @@ _HEADER = struct.Struct("<I")  # the length of each pickled message
 _SYNC = "sync"
 _RUN_ID = "run_id"
 NEW_RUN = "new-run:"  # how the keys of runs created through the writer begin (MLflow's run ids are hex)
+LOST_WRITES_TAG = "tuner.lost_writes"  # on a run: how many of its writes failed before this one
+
+
+RUN_OPS = ("create_run", "log_batch", "set_terminated", "log_texts", "log_dir")  # their first argument: the run
 
 
 def quiet_mlflow() -> None:
@@ -83,6 +92,8 @@ class RecordWriter:
         self._choice: dict[str, bool] = {}  # tracking URI: helper or not, for the default mode
         self._runs: dict[str, tuple[str, str]] = {}  # run key: (run id, artifact URI), until the run ends
         self._keys = itertools.count()
+        self.lost: dict[str, int] = {}  # run key or id: how many of its writes failed (this process's)
+        self._names: dict[str, str] = {}  # run key: the run's name, for messages
 
     def uses_helper(self, tracking_uri: str) -> bool:
         if self.inline is not None:
@@ -94,8 +105,13 @@ class RecordWriter:
     def create_run(self, tracking_uri: str, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
         """Create a RUNNING run (started now); returns the key by which the other writes name it."""
         key = f"{NEW_RUN}{os.getpid()}-{next(self._keys)}"
+        self._names[key] = run_name
         self.write(tracking_uri, "create_run", key, experiment_id, run_name, tags, int(time.time() * 1000))
         return key
+
+    def name_run(self, run: str, name: str) -> None:
+        """Name a run created elsewhere (a study's parent run) in this writer's messages."""
+        self._names[run] = name
 
     def run_id(self, tracking_uri: str, key: str) -> str | None:
         """The MLflow id of the run created as `key`; None if its creation failed or was lost."""
@@ -116,7 +132,32 @@ class RecordWriter:
                 return
             except OSError as exc:
                 self._give_up(f"it stopped ({exc})")
-        self._apply(self._client(tracking_uri), op, args)
+        try:
+            self._apply(self._client(tracking_uri), op, args)
+        except Exception as exc:  # the trial goes on; what the run lacks is backfilled from the study
+            self._lost_write(tracking_uri, op, args, exc)
+
+    def _lost_write(self, tracking_uri: str, op: str, args: tuple[Any, ...], exc: Exception) -> None:
+        """One line for the first write a run loses (or for a write of no run), counted for the run's next write."""
+        from tuner.locations import redact
+
+        run = args[0] if op in RUN_OPS and args else None
+        if run is not None:
+            self.lost[run] = self.lost.get(run, 0) + 1
+            if self.lost[run] > 1:
+                return
+        if op == "create_run" and run is not None:
+            self._names[run] = args[2]
+        what = f"run {self._names.get(run, run)!r}" if run else f"a {op}"
+        first_line = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        logging.getLogger(__name__).warning(
+            "tuner: MLflow at %s could not record %s (%s: %s); the trial goes on and the next run of this study "
+            "restores its MLflow record from the Optuna study",
+            redact(tracking_uri),
+            what,
+            type(exc).__name__,
+            first_line[:200],
+        )
 
     def sync(self) -> None:
         """Return once the helper has applied every write sent so far."""
@@ -149,6 +190,8 @@ class RecordWriter:
             self._runs[key] = (run.info.run_id, run.info.artifact_uri)
         elif op == "log_batch":  # run, [(key, value, timestamp, step)], [(key, value)], [(key, value)]
             run, metrics, params, tags = args
+            if self.lost.get(run):  # the run says that it lacks writes, so that backfill finds it
+                tags = [*tags, (LOST_WRITES_TAG, str(self.lost[run]))]
             client.log_batch(
                 self._run_id(run),
                 metrics=[Metric(*m) for m in metrics],
@@ -159,6 +202,7 @@ class RecordWriter:
             run, status = args
             client.set_terminated(self._run_id(run), status)
             self._runs.pop(run, None)
+            self._names.pop(run, None)
         elif op == "log_texts":  # run, {file name: text}: straight to the run's artifact location
             from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
@@ -249,7 +293,6 @@ def writer() -> RecordWriter:
 def serve(messages: IO[bytes], replies: IO[bytes]) -> None:
     """The helper's loop: apply each message in order until the input ends."""
     from tuner.heap import freeze_heap
-    from tuner.locations import redact
 
     quiet_mlflow()
     local = RecordWriter(inline=True)  # applies each write here, with a client per tracking URI
@@ -260,14 +303,7 @@ def serve(messages: IO[bytes], replies: IO[bytes]) -> None:
             replies.write(answer.encode() + b"\n")
             replies.flush()
             continue
-        try:
-            local.write(tracking_uri, op, *args)
-        except Exception as exc:  # one lost write must not stop the others
-            print(
-                f"tuner: MLflow write {op} {args[:1]} to {redact(tracking_uri)} failed: {exc}",
-                file=sys.stderr,
-                flush=True,
-            )
+        local.write(tracking_uri, op, *args)  # a lost write is one line on stderr, and the others go on
         freeze_heap()  # once, with MLflow loaded by the first write: no full collection stalls a trial's writes
 
 

@@ -59,6 +59,9 @@ class RunOptions:
     data_dir: str | None = None  # where datasets live: the built-in's data_dir, a user trainable's context.data_dir
     download: bool = False  # let the built-in trainable download missing dataset files
     import_paths: tuple[str, ...] = ()  # folders put first on sys.path to import the trainable (a study script's)
+    # The run whose trial budget this process counts in (`tuner.run.open`): set by a launcher for its
+    # workers; None is a new run for `tuner run` / `tuner create`, the study's latest run for `tuner worker`.
+    run_key: str | None = None
 
 
 @dataclass(frozen=True)

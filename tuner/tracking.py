@@ -31,10 +31,10 @@ if TYPE_CHECKING:
 
     from trainables import TrainConfig
 
-FLUSH_SECONDS = 5.0
+FLUSH_SECONDS = 1.0  # a process killed by SIGKILL loses at most this much of its metrics (or one slow epoch)
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attribute: the parent run, shared by all workers
 RUN_ID_ATTR = "mlflow_run_id"  # trial user attribute: the trial's child run
-_MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
+MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
 
 
 class StudyTracking:
@@ -52,6 +52,7 @@ class StudyTracking:
         self.writer.write(tracking_uri, "connect")  # the writer opens the store while we set up here
         self.experiment_id = self._experiment(study.study_name)
         self.parent_run_id = self._parent_run(study, settings, space)
+        self.writer.name_run(self.parent_run_id, f"study {study.study_name}")
         self._best_number: int | None = None
         self._front: list[int] = []
         self.sync()  # the writer is ready before the first trial: its start-up is set-up, not trial time
@@ -218,6 +219,11 @@ class TrialRun:
         self._last_flush = time.monotonic()
 
     @property
+    def lost_writes(self) -> int:
+        """How many of this run's writes failed here (a full disk, the store down); the helper's are not seen here."""
+        return self.writer.lost.get(self.run, 0)
+
+    @property
     def run_id(self) -> str | None:
         """The run's MLflow id (None if its creation failed); waits for the writer the first time."""
         if self._run_id is None:
@@ -268,7 +274,7 @@ class TrialRun:
         if files_dir is not None and files_dir.is_dir() and any(files_dir.iterdir()):
             self.writer.write(self.tracking_uri, "log_dir", self.run, str(files_dir), "files")
         _ = self.run_id  # known here before the writer forgets the run's key, with its end
-        self.writer.write(self.tracking_uri, "set_terminated", self.run, _MLFLOW_STATUS[state])
+        self.writer.write(self.tracking_uri, "set_terminated", self.run, MLFLOW_STATUS[state])
 
 
 # the built-in trainable's metrics, in the columns of its history.csv (test metrics on the last epoch only)

@@ -55,7 +55,8 @@ def test_dead_workers_trial_is_detected_closed_retried_and_resumed(
     monkeypatch.setenv("TUNER_GRACE_SECONDS", "2")
     options = RunOptions(storage=_storage_url(kind, tmp_path, request), tracking_uri=tracking_uri, quiet=True)
     spec = StudySpec(name=f"stale-{kind}", space={"lr": Float(1e-3, 1e-1, log=True), "epochs": 3}, n_trials=1)
-    study, tracking = prepare_study(make_plan(spec, options))
+    plan = make_plan(spec, options)
+    study, tracking = prepare_study(plan)
 
     # the worker that dies: starts trial 0, records its run and one heartbeat, then nothing
     dead = study.ask()
@@ -90,7 +91,7 @@ def test_dead_workers_trial_is_detected_closed_retried_and_resumed(
     assert retry.number == retry_trial.number and retry.params == {"lr": lr}
     optuna.storages.fail_stale_trials(study)
     assert study.trials[1].state == TrialState.RUNNING
-    runner = make_runner(make_plan(dataclasses.replace(spec, trainable=curve_fit), options), tracking)
+    runner = make_runner(make_plan(dataclasses.replace(spec, trainable=curve_fit), plan.options), tracking)
     assert isinstance(runner, TrialRunner)
     study.tell(retry, runner(retry))
     tracking.sync()  # the trial's records are written by the helper process
@@ -112,7 +113,8 @@ def test_a_worker_that_died_before_its_first_report_has_its_run_found_by_its_tag
     monkeypatch.setenv("TUNER_GRACE_SECONDS", "2")
     options = RunOptions(storage=str(tmp_path / "optuna.journal"), tracking_uri=tracking_uri, quiet=True)
     spec = StudySpec(name="died-early", space={"lr": Float(1e-3, 1e-1, log=True), "epochs": 2}, n_trials=1)
-    study, tracking = prepare_study(make_plan(spec, options))
+    plan = make_plan(spec, options)
+    study, tracking = prepare_study(plan)
     dead = study.ask()
     lr = dead.suggest_float("lr", 1e-3, 1e-1, log=True)
     dead_run = tracking.start_trial(dead.number, dead.params, TrainConfig(lr=lr, epochs=2))
@@ -133,7 +135,7 @@ def test_a_worker_that_died_before_its_first_report_has_its_run_found_by_its_tag
     assert retry_trial.user_attrs[RUN_ID_ATTR] == dead_run.run_id  # found by the trial number tag
 
     retry = study.ask()
-    runner = make_runner(make_plan(dataclasses.replace(spec, trainable=curve_fit), options), tracking)
+    runner = make_runner(make_plan(dataclasses.replace(spec, trainable=curve_fit), plan.options), tracking)
     study.tell(retry, runner(retry))
     tracking.sync()
     retry_run = client.get_run(study.trials[1].user_attrs[RUN_ID_ATTR])
@@ -147,7 +149,8 @@ def test_a_live_trial_failed_as_stale_under_its_worker_stops_and_the_worker_goes
     failed and retried by another: it stops that attempt, keeps its checkpoint and runs on."""
     options = RunOptions(storage=str(tmp_path / "optuna.journal"), tracking_uri=tracking_uri, quiet=True)
     spec = StudySpec(name="taken-over", space={"lr": Float(1e-3, 1e-1, log=True), "epochs": 4}, n_trials=2)
-    study, tracking = prepare_study(make_plan(spec, options))
+    plan = make_plan(spec, options)
+    study, tracking = prepare_study(plan)
     handler = study._storage.get_heartbeat_stale_trial_callback()
 
     @takes_train_config
@@ -164,7 +167,7 @@ def test_a_live_trial_failed_as_stale_under_its_worker_stops_and_the_worker_goes
                 handler(study, study._storage.get_trial(running._trial_id))
             yield result
 
-    runner = make_runner(make_plan(dataclasses.replace(spec, trainable=paused_fit), options), tracking)
+    runner = make_runner(make_plan(dataclasses.replace(spec, trainable=paused_fit), plan.options), tracking)
     assert work(study, runner, timeout=None) == 3  # trial 0, its retry, and trial 2
     states = [t.state for t in study.trials]
     assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]

@@ -10,11 +10,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import optuna
+import pytest
 import torch
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tests.tuner.procs import SLOW_SPACE, fake_mnist, finish, start_tuner, wait_for, write_script
+from tuner import interrupts
+from tuner.errors import TerminatedError
 from tuner.run.adapter import ATTEMPT_OF_ATTR, REASON_ATTR
 from tuner.run.api import run_study
 from tuner.scripts import load_study_script
@@ -133,3 +136,18 @@ def test_workers_stop_when_their_launcher_is_killed(tmp_path: Path, fake_mnist: 
     study = load(tmp_path, "orphans")
     assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in study.trials)
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) >= 8  # the budget, queued trials resumed
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop is what is tested
+def test_an_interrupt_a_finalizer_swallowed_is_raised_at_the_next_check() -> None:
+    """Python drops an exception raised inside a finalizer or weakref callback ("Exception ignored"): a signal
+    handler's TerminatedError landing there was lost, and a worker told to stop trained on (seen in CI)."""
+
+    class Finalized:
+        def __del__(self) -> None:
+            interrupts.interrupt(TerminatedError())
+
+    Finalized()  # the handler's exception is raised inside __del__, and dropped
+    with pytest.raises(TerminatedError):
+        interrupts.check()
+    interrupts.check()  # once only

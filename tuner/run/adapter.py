@@ -28,6 +28,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 import trainables
+from tuner import interrupts
 from tuner.errors import UserError
 from tuner.locations import DEFAULT_STORE, MAX_RETRY
 from tuner.run.context import TrialContext
@@ -44,7 +45,9 @@ PRUNED_AT_ATTR = "pruned_at_epoch"
 # the MLflow run of the attempt it replaces.
 ATTEMPT_OF_ATTR = "attempt_of_trial"
 WORKER_ATTR = "worker"  # host:pid of the process running the trial
+RUN_ATTR = "tuner:run"  # the run (`tuner.run.open`) whose budget the trial counts in
 EPOCH_KEY = "epoch"  # a user trainable may yield it: the step of that epoch's metrics
+TRACKING_LOST_ATTR = "tracking_lost_writes"  # MLflow writes of the trial's run that failed; backfill restores them
 
 
 class TrialFailed(Exception):
@@ -127,6 +130,7 @@ class TrialRunner:
     models: ModelKeeper | None = None
     curve_pruner: CurvePruner | None = None  # a multi-objective study: Optuna cannot prune it
     taken_over: list[int] = field(default_factory=list)  # trials failed as stale under us: see `work`
+    run_key: str | None = None  # the run whose budget this process's trials count in
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         first_number = int(trial.user_attrs.get(ATTEMPT_OF_ATTR, trial.number))
@@ -153,6 +157,8 @@ class TrialRunner:
                 )
                 trial.set_user_attr(ATTEMPT_OF_ATTR, first_number)
                 trial.set_user_attr(WORKER_ATTR, worker)
+                if self.run_key is not None:
+                    trial.set_user_attr(RUN_ATTR, self.run_key)
             values: list[float] | None = None
             if self.takes_config:
                 epochs = self.fit(config, checkpoint=checkpoint, checkpoint_every=self.checkpoint_every)
@@ -162,6 +168,7 @@ class TrialRunner:
             model = None
             try:
                 while True:
+                    interrupts.check()  # a Ctrl-C or SIGTERM whose exception a finalizer swallowed
                     try:
                         raw = next(epochs)
                     except StopIteration as stop:
@@ -200,6 +207,7 @@ class TrialRunner:
             if self.models is not None and model is not None:
                 self.models.offer(trial.number, values, model)
             run.finish("COMPLETE", tags=self._resume_tags(context), files_dir=context.trial_dir if context else None)
+            note_lost_writes(trial, run)
             self._remove_checkpoint(checkpoint)
             return values[0] if len(values) == 1 else values
         except BaseException as exc:
@@ -214,6 +222,8 @@ class TrialRunner:
                 error = exc if state == "FAIL" and not taken_over and not isinstance(exc, BadYield) else None
                 files = context.trial_dir if context else None
                 run.finish(state, reason, error=error, tags=self._resume_tags(context), files_dir=files)
+                if not taken_over:
+                    note_lost_writes(trial, run)
             if state == "KILLED":  # queued again; its retry resumes from the checkpoint kept here
                 requeue(trial)
             elif not taken_over:  # the retry of a taken-over trial resumes from its checkpoint too
@@ -327,6 +337,13 @@ def record_run_id(trial: optuna.Trial, run: TrialRun) -> None:
     run_id = run.run_id
     if run_id is not None:
         trial.set_user_attr(RUN_ID_ATTR, run_id)
+
+
+def note_lost_writes(trial: optuna.Trial, run: TrialRun) -> None:
+    """Note in the study that the trial's MLflow run lost writes: its record is kept in the study alone until
+    `tuner.run.backfill` restores the run, and the note says why the run was restored."""
+    if run.lost_writes:
+        trial.set_user_attr(TRACKING_LOST_ATTR, run.lost_writes)
 
 
 def combined_writes(trial: optuna.Trial) -> contextlib.AbstractContextManager[None]:

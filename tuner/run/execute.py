@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuner import interrupts
 from tuner.errors import UserError
 from tuner.heap import freeze_heap
 from tuner.locations import check_storage_url, check_tracking_uri, heartbeat_seconds, redact, storage_kind
@@ -23,10 +24,10 @@ from tuner.run.adapter import TrialFailed, TrialRunner
 from tuner.run.launch import launch, watch_launcher
 from tuner.run.models import ModelKeeper
 from tuner.run.open import (
-    BUDGET_ATTR,
+    LATEST_RUN_ATTR,
     SPEC_ATTR,
+    budget_left,
     close_parent_run,
-    counted_trials,
     open_study,
     open_tracking,
     prepare_study,
@@ -66,7 +67,7 @@ def run_here(plan: Plan) -> Any:
             work(study, runner, spec.timeout, callbacks=[lambda s, t: tracking.record_best(s), progress])
         interrupted = False
     finally:
-        close_parent_run(study, tracking, interrupted)
+        close_parent_run(study, tracking, interrupted, plan.spec.metrics)
     return study
 
 
@@ -90,6 +91,7 @@ def make_runner(plan: Plan, tracking: StudyTracking) -> TrialRunner:
         # kept checkpoints are for using the trained models: each must hold its trial's last epoch
         checkpoint_every=0.0 if options.keep_checkpoints else options.checkpoint_every,
         keep_checkpoints=options.keep_checkpoints,
+        run_key=options.run_key,
     )
 
 
@@ -112,8 +114,9 @@ def work(
     started, ran = time.monotonic(), 0
     poll = min(2.0, heartbeat_seconds()[0])
     while timeout is None or time.monotonic() - started < timeout:
+        interrupts.check()
         trials = study.get_trials(deepcopy=False)
-        if budget_left(study, trials):
+        if budget_left(study, trials, objective.run_key):
             try:
                 study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=list(callbacks))
             except Exception:
@@ -134,16 +137,6 @@ def work(
     return ran
 
 
-def budget_left(study: Any, trials: Sequence[FrozenTrial]) -> bool:
-    """Whether to start another trial: one is queued (a retry), or the study is short of its budget."""
-    from optuna.trial import TrialState
-
-    if any(t.state == TrialState.WAITING for t in trials):
-        return True
-    budget = study.user_attrs.get(BUDGET_ATTR)
-    return budget is None or counted_trials(trials) < int(budget)
-
-
 def join(study_name: str, options: RunOptions, worker_index: int | None = None, timeout: float | None = None) -> int:
     """`tuner worker`: run trials of an existing study until its budget is used; returns how many ran."""
     quiet_optuna()
@@ -159,8 +152,9 @@ def join(study_name: str, options: RunOptions, worker_index: int | None = None, 
             f"--storage {options.storage}: no such journal file; create the study first with "
             "`tuner create SCRIPT` (or `tuner run SCRIPT`) on this storage"
         )
-    spec, paths = recorded_spec(study_name, options)
-    options = dataclasses.replace(options, import_paths=paths)
+    spec, paths, latest_run = recorded_spec(study_name, options)
+    # a launcher's workers count in its run; another host's, in the run of the latest `tuner create`
+    options = dataclasses.replace(options, import_paths=paths, run_key=options.run_key or latest_run)
     plan = make_plan(spec, options)  # this host's devices and dataset files
     if options.threads is not None:
         import torch
@@ -180,12 +174,12 @@ def join(study_name: str, options: RunOptions, worker_index: int | None = None, 
         )
         interrupted = False
     finally:
-        close_parent_run(study, tracking, interrupted)
+        close_parent_run(study, tracking, interrupted, plan.spec.metrics, sole_writer=False)
     return ran
 
 
-def recorded_spec(study_name: str, options: RunOptions) -> tuple[StudySpec, tuple[str, ...]]:
-    """The spec `prepare_study` kept in the study, and the folders its trainable imports from.
+def recorded_spec(study_name: str, options: RunOptions) -> tuple[StudySpec, tuple[str, ...], str | None]:
+    """The spec `prepare_study` kept in the study, the folders its trainable imports from, its latest run.
 
     UserError when there is no such study or record.
     """
@@ -193,15 +187,16 @@ def recorded_spec(study_name: str, options: RunOptions) -> tuple[StudySpec, tupl
 
     storage = open_storage(options.storage)
     try:
-        record = optuna.load_study(study_name=study_name, storage=storage).user_attrs.get(SPEC_ATTR)
+        attrs = optuna.load_study(study_name=study_name, storage=storage).user_attrs
     except KeyError:
         raise UserError(
             f"study {study_name!r} not found in {redact(options.storage)}; create it with `tuner create SCRIPT "
             "--storage ...` or list the studies there with `tuner studies --storage ...`"
         ) from None
+    record = attrs.get(SPEC_ATTR)
     if record is None:
         raise UserError(
             f"study {study_name!r} was not created by `tuner run` or `tuner create`, so its search space is not "
             "recorded; create it with one of them first"
         )
-    return StudySpec.from_record(record), tuple(record.get("import_paths", ()))
+    return StudySpec.from_record(record), tuple(record.get("import_paths", ())), attrs.get(LATEST_RUN_ATTR)

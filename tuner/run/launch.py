@@ -18,10 +18,11 @@ import threading
 import time
 from typing import Any
 
+from tuner import interrupts
 from tuner.errors import TerminatedError, WorkersFailed
 from tuner.heap import freeze_heap
 from tuner.locations import redact
-from tuner.run.open import BUDGET_ATTR, close_parent_run, prepare_study
+from tuner.run.open import close_parent_run, prepare_study
 from tuner.run.plan import Plan
 from tuner.study import RunOptions
 
@@ -66,7 +67,7 @@ def launch(plan: Plan) -> Any:
         raise
     finally:
         os.close(held)  # any worker still running (a start that failed half-way) stops itself
-        close_parent_run(study, tracking, interrupted)
+        close_parent_run(study, tracking, interrupted, plan.spec.metrics)
     tracking.record_best(study)
     failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
     if failed:
@@ -86,6 +87,7 @@ def _start_workers(plan: Plan, env: dict[str, str], lifeline: int) -> list[subpr
     for index, device in enumerate(worker_devices(options)):
         command = [sys.executable, "-m", "tuner.cli", "worker", "--study", spec.name, "--quiet"]
         command += ["--worker-index", str(index), "--checkpoint-dir", str(plan.checkpoint_dir)]
+        command += ["--run-key", str(options.run_key)]  # the workers share this run's budget
         command += ["--checkpoint-every", str(options.checkpoint_every)]
         if device is not None:
             command += ["--device", device]
@@ -138,6 +140,7 @@ def _watch(study: Any, plan: Plan, procs: list[subprocess.Popen[bytes]]) -> None
     seen = {t.number for t in study.get_trials(deepcopy=False, states=ended)}  # earlier runs' trials
     with StudyProgress(spec.name, spec.n_trials, spec.timeout, quiet=options.quiet) as progress:
         while True:
+            interrupts.check()
             running = [p for p in procs if p.poll() is None]
             if not options.quiet:
                 for trial in study.get_trials(deepcopy=False, states=ended):
@@ -178,9 +181,9 @@ def _exit_text(code: int) -> str:
 def create(plan: Plan) -> int:
     """`tuner create`: the study, its MLflow experiment and parent run, its budget; then say how to join it."""
     spec, options = plan.spec, plan.options
-    optuna_study, _ = prepare_study(plan)
-    budget = optuna_study.user_attrs.get(BUDGET_ATTR)
-    print(f"study {spec.name}: ready for workers, {'no trial limit' if budget is None else f'{budget} trials in all'}")
+    prepare_study(plan)
+    budget = spec.n_trials
+    print(f"study {spec.name}: ready for workers, {'no trial limit' if budget is None else f'{budget} trials to run'}")
     print(
         f"join it from any host: tuner worker --study {spec.name} --storage {redact(options.storage)} "
         f"--tracking-uri {redact(options.tracking_uri)}"

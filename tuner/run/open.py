@@ -2,9 +2,12 @@
 
 `prepare_study` is done once, by the process that launches a run, before any worker starts:
 it records the spec in the study (so that `tuner worker` can rebuild it from the storage
-alone) and the study's trial budget, shared by every process working on it: the run's
-`n_trials` is added to the budget kept in the study (or, with `n_trials_in_all`, the budget
-is set to `n_trials`), so N workers run n_trials between them, not N times as many.
+alone) and the run's trial budget. `--n-trials N` means N more trials for this run, shared
+by its workers (N between them, not N each), queued retries of interrupted trials among
+them. Each run's budget is its own study attribute (`RUN_BUDGET_PREFIX` + run key) and each
+trial names the run that started it (`RUN_ATTR`), so two runs of one study at once run N
+trials each: no run overwrites another's budget. With `n_trials_in_all` (a study group's
+members) N is the study's trial count in all instead.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from optuna.samplers import BaseSampler
 
 from tuner.errors import UserError
 from tuner.locations import redact
-from tuner.run.adapter import StaleTrialHandler
+from tuner.run.adapter import RUN_ATTR, StaleTrialHandler
+from tuner.run.backfill import backfill_study
 from tuner.run.models import MODELS_ATTR, log_kept_models
 from tuner.run.plan import Plan
 from tuner.space import grid_values
@@ -30,7 +34,10 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 SPEC_ATTR = "tuner:spec"  # study user attribute: the StudySpec as data, for `tuner worker`
-BUDGET_ATTR = "tuner:n_trials"  # study user attribute: how many trials the study is to have in all
+SETTLED_SECONDS = 60.0  # a trial that ended longer ago has had every write of its process applied
+BUDGET_ATTR = "tuner:n_trials"  # study user attribute of studies from before per-run budgets: their trials in all
+RUN_BUDGET_PREFIX = "tuner:budget:"  # + run key: study user attribute, {"n_trials": N or None, "in_all": bool}
+LATEST_RUN_ATTR = "tuner:latest_run"  # the run whose budget a `tuner worker` counts in unless told which
 
 
 def quiet_optuna() -> None:
@@ -74,21 +81,17 @@ def open_study(spec: StudySpec, options: RunOptions, create: bool = True, worker
 
 
 def prepare_study(plan: Plan) -> tuple[Any, StudyTracking]:
-    """Create or load the study, its MLflow experiment and parent run; record the spec; add to the budget."""
-    from optuna.trial import TrialState
-
+    """Create or load the study, its MLflow experiment and parent run; record the spec and this run's budget."""
     spec, options = plan.spec, plan.options
     study = open_study(spec, options)
     set_user_attrs(study, spec.user_attrs)
     tracking = open_tracking(study, spec, options)
+    # what an earlier run could not record in MLflow; trials that just ended may be another run's, still writing
+    backfill_study(study, tracking, spec.metrics, settled_seconds=SETTLED_SECONDS)
     record = {**spec.to_record(), "trainable": plan.trainable_ref, "import_paths": list(plan.import_paths)}
     set_user_attrs(study, {SPEC_ATTR: record, MODELS_ATTR: str(plan.models_dir)})
-    budget = spec.n_trials
-    if budget is not None and not options.n_trials_in_all:
-        # n_trials more, queued ones (interrupted trials to resume) among them: they run first
-        trials = study.get_trials(deepcopy=False)
-        budget += counted_trials(trials) - sum(t.state == TrialState.WAITING for t in trials)
-    study.set_user_attr(BUDGET_ATTR, budget)
+    budget = {"n_trials": spec.n_trials, "in_all": options.n_trials_in_all}
+    set_user_attrs(study, {f"{RUN_BUDGET_PREFIX}{options.run_key}": budget, LATEST_RUN_ATTR: options.run_key})
     return study, tracking
 
 
@@ -99,15 +102,28 @@ def open_tracking(study: Any, spec: StudySpec, options: RunOptions) -> StudyTrac
     return tracking
 
 
-def close_parent_run(study: Any, tracking: StudyTracking, interrupted: bool) -> None:
-    """End the study's parent run, unless trials still run in other workers (the last one out ends it)."""
+def close_parent_run(
+    study: Any, tracking: StudyTracking, interrupted: bool, metrics: Sequence[str], sole_writer: bool = True
+) -> None:
+    """End the study's parent run, unless trials still run in other workers (the last one out ends it),
+    once MLflow holds every trial's record (`backfill_study`, for what a write lost). `sole_writer`:
+    no other process may still be writing this study's runs (false for a worker that joined)."""
     from optuna.trial import TrialState
 
     tracking.sync()  # this process's trial records are written, whatever happens to the parent run
     trials = study.get_trials(deepcopy=False)
     if not any(t.state == TrialState.RUNNING for t in trials):
+        backfill_study(study, tracking, metrics, settled_seconds=0.0 if sole_writer else SETTLED_SECONDS)
         log_best_models(study, trials, tracking)
-        tracking.finish_study("KILLED" if interrupted else "FINISHED")
+        try:
+            tracking.finish_study("KILLED" if interrupted else "FINISHED")
+        except Exception as exc:  # the study is recorded; the next run of it closes the parent run
+            logging.getLogger(__name__).warning(
+                "tuner: could not close the MLflow run of study %s (%s: %s); the next run of the study closes it",
+                study.study_name,
+                type(exc).__name__,
+                next(iter(str(exc).splitlines()), "")[:200],
+            )
 
 
 def log_best_models(study: Any, trials: Sequence[FrozenTrial], tracking: StudyTracking) -> None:
@@ -122,10 +138,35 @@ def log_best_models(study: Any, trials: Sequence[FrozenTrial], tracking: StudyTr
         logging.getLogger(__name__).warning("tuner: could not log the best model to MLflow: %s", exc)
 
 
-def counted_trials(trials: Sequence[FrozenTrial]) -> int:
-    """Trials that count against the budget: all but attempts replaced by a retry (dead worker, interrupt)."""
+def counted_trials(trials: Sequence[FrozenTrial], run_key: str | None = None) -> int:
+    """Trials that count against a budget: all but attempts replaced by a retry (dead worker, interrupt).
+
+    With `run_key`, those of that run, and those just started that do not say their run yet
+    (counting them errs on the side of waiting a moment, never of an extra trial).
+    """
     replaced = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    if run_key is not None:
+        trials = [t for t in trials if t.user_attrs.get(RUN_ATTR) == run_key or _unclaimed(t)]
     return sum(t.number not in replaced for t in trials)
+
+
+def _unclaimed(trial: FrozenTrial) -> bool:
+    return trial.state.name == "RUNNING" and RUN_ATTR not in trial.user_attrs
+
+
+def budget_left(study: Any, trials: Sequence[FrozenTrial], run_key: str | None) -> bool:
+    """Whether `run_key`'s run may start another trial: one is queued (a retry), or the run is short of its budget."""
+    from optuna.trial import TrialState
+
+    if any(t.state == TrialState.WAITING for t in trials):
+        return True
+    budget = study.user_attrs.get(f"{RUN_BUDGET_PREFIX}{run_key}")
+    if budget is None:  # a study from before per-run budgets: one budget for the study
+        total = study.user_attrs.get(BUDGET_ATTR)
+        return total is None or counted_trials(trials) < int(total)
+    if budget["n_trials"] is None:
+        return True
+    return counted_trials(trials, None if budget["in_all"] else run_key) < int(budget["n_trials"])
 
 
 def set_user_attrs(study: Any, attrs: Mapping[str, Any]) -> None:

@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import inspect
 import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,8 @@ def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
         )
     device = options.device or (f"cuda:{options.gpus[0]}" if options.gpus else None)
     models = store_dir(options, "models") / spec.name
+    if options.run_key is None:  # a new run: its budget is its own, whatever other runs of the study do
+        options = dataclasses.replace(options, run_key=uuid.uuid4().hex[:12])
     return Plan(spec, options, reference, checkpoint_dir(options), device, takes_config, passes_context, models, paths)
 
 
