@@ -144,7 +144,7 @@ def test_resume_from_checkpoint_continues_exactly_like_an_uninterrupted_run(
     assert [p.name for p in checkpoint.parent.iterdir()] == ["checkpoint.pt"]  # no temporary file left
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_resume_on_cuda_continues_like_an_uninterrupted_run(tiny: TrainConfig, tmp_path: Path) -> None:
     # the checkpoint holds CPU RNG states next to CUDA tensors: loading must put each where it belongs
     config = tiny.replace(device="cuda", epochs=5, dropout=0.3, lr_schedule="onecycle")

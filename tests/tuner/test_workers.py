@@ -195,7 +195,7 @@ def test_chaos_a_worker_killed_mid_trial_is_retried_and_resumes_from_its_checkpo
     assert os.path.exists(tmp_path / "worker2.log")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_gpus_give_each_worker_its_own_gpu(tmp_path: Path, fake_mnist: str) -> None:
     gpus = list(range(min(2, torch.cuda.device_count())))
     space = SLOW_SPACE.replace('"device": "cpu"', '"device": "auto"')
