@@ -61,6 +61,8 @@ def quiet_mlflow() -> None:
     """Keep MLflow's and its database migrations' INFO chatter off the console."""
     for name in ("mlflow", "alembic", "alembic.runtime.migration", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # it logs each failed query with its traceback, then raises it: the caller's one line says it
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 class RunLost(RuntimeError):
@@ -296,12 +298,21 @@ def serve(messages: IO[bytes], replies: IO[bytes]) -> None:
 
     quiet_mlflow()
     local = RecordWriter(inline=True)  # applies each write here, with a client per tracking URI
-    while header := messages.read(_HEADER.size):
-        tracking_uri, op, args = pickle.loads(messages.read(_HEADER.unpack(header)[0]))
+    asking = True  # the parent still reads the answers
+    while len(header := messages.read(_HEADER.size)) == _HEADER.size:
+        size = _HEADER.unpack(header)[0]
+        data = messages.read(size)
+        if len(data) < size:  # the parent was killed while sending this one: the earlier ones are applied
+            break
+        tracking_uri, op, args = pickle.loads(data)
         if op in (_SYNC, _RUN_ID):  # every earlier write is applied: answer
             answer = (local.run_id("", args[0]) or "") if op == _RUN_ID else ""
-            replies.write(answer.encode() + b"\n")
-            replies.flush()
+            try:
+                if asking:
+                    replies.write(answer.encode() + b"\n")
+                    replies.flush()
+            except BrokenPipeError:  # the parent died waiting (SIGKILL): apply the rest of what it sent
+                asking = False
             continue
         local.write(tracking_uri, op, *args)  # a lost write is one line on stderr, and the others go on
         freeze_heap()  # once, with MLflow loaded by the first write: no full collection stalls a trial's writes
