@@ -38,7 +38,7 @@ from tuner import StudySpec, default_space
 
 STUDY = StudySpec(
     name="chaos",
-    space={**default_space(), "dataset": "mnist1d", "model": "mlp", "epochs": 6, "train_samples": 1000},
+    space={**default_space(), "dataset": "mnist1d", "model": "mlp", "epochs": 4, "train_samples": 500},
     sampler="tpe",
     pruner="median",
     n_trials=40,
@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=40)
-    parser.add_argument("--kill-every", type=float, default=6.0, help="seconds between worker kills (jittered)")
+    parser.add_argument("--kill-every", type=float, default=8.0, help="seconds between worker kills (jittered)")
     parser.add_argument("--dir", default="/tmp/tuner-chaos")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -76,7 +76,7 @@ def main() -> None:
     try:
         while (left := args.trials - counted(journal)) > 0:
             launches += 1
-            command = [sys.executable, "-m", "tuner.cli", "run", str(script), "--workers", "2"]
+            command = [sys.executable, "-m", "tuner.cli", "run", str(script), "--workers", "2", "--debug"]
             with open(work / f"launch-{launches}.log", "w") as log:  # the child keeps its own copy
                 launcher = subprocess.Popen([*command, "--n-trials", str(left), *flags], env=env, cwd=work, stderr=log)
             next_kill = time.monotonic() + args.kill_every * rng.uniform(0.5, 1.5)
@@ -110,7 +110,8 @@ def main() -> None:
         )
         print(json.dumps(result))
     finally:
-        if disk:
+        if disk:  # the store is kept beside it, to look into
+            shutil.copytree(store, work / "store-kept", ignore=shutil.ignore_patterns("filler", "checkpoints"))
             subprocess.run(["umount", "-l", str(store)], capture_output=True)
 
 
@@ -185,7 +186,6 @@ def check(journal: Path, tracking_uri: str) -> dict[str, Any]:
     study = load(journal)
     trials = study.trials
     states = Counter(t.state.name for t in trials)
-    fail_without_reason = [t.number for t in trials if t.state.name == "FAIL" and not t.user_attrs.get("reason")]
     unfinished = [t.number for t in trials if t.state.name not in ("COMPLETE", "PRUNED", "FAIL")]
 
     client = MlflowClient(tracking_uri)
@@ -202,6 +202,14 @@ def check(journal: Path, tracking_uri: str) -> dict[str, Any]:
         t.number
         for t in trials
         if t.number in by_number and by_number[t.number][0].info.status not in status.get(t.state.name, ())
+    ]
+    # a reason in the study, or on the trial's run (a dead worker's trial: Optuna failed it, its run says why)
+    fail_without_reason = [
+        t.number
+        for t in trials
+        if t.state.name == "FAIL"
+        and not t.user_attrs.get("reason")
+        and not any(r.data.tags.get("tuner.reason") for r in by_number.get(t.number, []))
     ]
     missing_epochs = 0
     for t in trials:

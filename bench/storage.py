@@ -34,6 +34,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -122,14 +123,20 @@ def child_run_cost(tracking_uri: str, runs: int, wal: bool = True, inline: bool 
     from trainables.loop import EpochResult
     from tuner.record_writer import RecordWriter
 
-    use_wal = tuner.tracking.use_wal
+    prepare = tuner.tracking.prepare_mlflow_store
+
+    def rollback_journal(uri: str) -> None:  # MLflow's default: tuner's set-up, then WAL mode undone
+        prepare(uri)
+        with contextlib.closing(sqlite3.connect(uri.removeprefix("sqlite:///"))) as db:
+            db.execute("PRAGMA journal_mode=DELETE")
+
     if not wal:
-        tuner.tracking.use_wal = lambda url: None  # MLflow's default: a rollback journal
+        tuner.tracking.prepare_mlflow_store = rollback_journal
     try:
         study = optuna.create_study(study_name=f"child-runs-{time.time_ns()}")
         tracking = tuner.tracking.StudyTracking(tracking_uri, study, {"sampler": "random"}, {})
     finally:
-        tuner.tracking.use_wal = use_wal
+        tuner.tracking.prepare_mlflow_store = prepare
     tracking.writer = RecordWriter(inline=inline)
     tracking.writer.write(tracking_uri, "connect")  # the helper's start-up is set-up, not part of a run
     tracking.writer.sync()

@@ -209,7 +209,12 @@ def main_for_script(study: Any, argv: list[str] | None = None) -> None:
     sys.exit(_dispatch(args, lambda: run_and_summarise(study, args)))
 
 
+DEBUG_ENV = "TUNER_DEBUG"  # set by --debug, inherited by worker processes
+
+
 def _dispatch(args: argparse.Namespace, command: Any) -> int:
+    if getattr(args, "debug", False):
+        os.environ[DEBUG_ENV] = "1"  # a launcher's worker processes show their tracebacks too
     signal.signal(signal.SIGTERM, _raise_terminated)  # SIGTERM closes the trial like Ctrl-C
     # Ctrl-C raises KeyboardInterrupt even when started with SIGINT ignored (`cmd &` in a script)
     signal.signal(signal.SIGINT, _raise_interrupted)
@@ -224,7 +229,7 @@ def _dispatch(args: argparse.Namespace, command: Any) -> int:
         print("tuner: interrupted; the study can be resumed by running the same command again", file=sys.stderr)
         return 130
     except Exception as exc:
-        if getattr(args, "debug", False):
+        if os.environ.get(DEBUG_ENV) == "1":
             raise
         print(f"tuner: error: {redact(one_line(exc))}", file=sys.stderr)
         return 2
@@ -274,7 +279,13 @@ def _run_command(args: argparse.Namespace) -> int:
         from tuner.report import write_report
 
         out = args.out or os.path.join("reports", args.study[0])
-        print(f"report: {write_report(args.study, out, args.storage, args.tracking_uri, png=args.png)}")
+        try:
+            print(f"report: {write_report(args.study, out, args.storage, args.tracking_uri, png=args.png)}")
+        except KeyboardInterrupt as exc:  # TerminatedError too: say what was written, not the study's resume advice
+            interrupts.clear()
+            done = "; ".join(getattr(exc, "__notes__", [])) or "report interrupted"
+            print(f"tuner: {done}; run the same command again to write the whole report", file=sys.stderr)
+            return 143 if isinstance(exc, TerminatedError) else 130
         return 0
     if args.command == "ui":
         from tuner.servers import run_ui

@@ -190,6 +190,7 @@ class RecordWriter:
             key, experiment_id, run_name, tags, start_time = args
             run = client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name)
             self._runs[key] = (run.info.run_id, run.info.artifact_uri)
+            self._names[key] = run_name  # the helper's messages name it too
         elif op == "log_batch":  # run, [(key, value, timestamp, step)], [(key, value)], [(key, value)]
             run, metrics, params, tags = args
             if self.lost.get(run):  # the run says that it lacks writes, so that backfill finds it

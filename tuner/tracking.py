@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.locations import default_artifact_root, redact
 from tuner.record_writer import RecordWriter, quiet_mlflow, writer
-from tuner.storage import use_wal
+from tuner.storage import prepare_mlflow_store
 
 if TYPE_CHECKING:
     import optuna
@@ -45,9 +45,8 @@ class StudyTracking:
 
         quiet_mlflow()
         self.tracking_uri = tracking_uri
-        if tracking_uri.startswith("sqlite:///"):
-            use_wal(tracking_uri)
-        self.client: MlflowClient = MlflowClient(tracking_uri)  # creates the tables of a new store
+        prepare_mlflow_store(tracking_uri)  # a new SQLite store is created whole, by one process
+        self.client: MlflowClient = MlflowClient(tracking_uri)
         self.writer: RecordWriter = writer()
         self.writer.write(tracking_uri, "connect")  # the writer opens the store while we set up here
         self.experiment_id = self._experiment(study.study_name)
@@ -172,7 +171,9 @@ class StudyTracking:
         from mlflow.entities import RunTag
 
         self.sync()  # this process's own records of the attempt are written first
-        if run_id is None:
+        run = self.client.get_run(run_id) if run_id is not None else None
+        # a retry that died before its first report still names the run of the attempt it retried
+        if run is None or run.data.tags.get("optuna.trial_number") != str(trial_number):
             found = self.client.search_runs(
                 [self.experiment_id],
                 f"tags.`tuner.role` = 'trial' and tags.`optuna.trial_number` = '{trial_number}'",
@@ -180,8 +181,9 @@ class StudyTracking:
             )
             if not found:
                 return None
-            run_id = found[0].info.run_id
-        if self.client.get_run(run_id).info.status != "RUNNING":
+            run = found[0]
+        run_id = run.info.run_id
+        if run.info.status != "RUNNING":
             return run_id  # closed already (by another worker, or the attempt ended after all)
         tags = [RunTag("optuna.state", "FAIL"), RunTag("tuner.reason", reason)]
         self.client.log_batch(run_id, tags=tags)

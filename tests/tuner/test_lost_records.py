@@ -187,3 +187,39 @@ def test_metrics_a_sigkill_lost_are_restored_from_the_study(tmp_path: Path) -> N
     study = optuna.load_study(study_name="quick", storage=open_storage(storage, heartbeat=False))
     runs = child_runs(tracking_uri, "quick")
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in runs) == [t.number for t in study.trials]
+
+
+def test_a_full_disk_under_the_optuna_journal_stops_the_worker_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The study's own storage cannot record the trial's end: the worker stops with one line instead of
+    Optuna's "AssertionError: Should not reach.", and every record already written stays readable."""
+    from tuner.errors import UserError
+    from tuner.journal import JournalFile
+
+    append = JournalFile.append_logs
+
+    def append_unless_full(self: JournalFile, logs: list[dict[str, Any]], durable: bool = True) -> None:
+        if Disk.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        append(self, logs, durable=durable)
+
+    monkeypatch.setattr(JournalFile, "append_logs", append_unless_full)
+    monkeypatch.setattr(Disk, "full", False)
+    monkeypatch.setattr(Disk, "fills", True)
+    spec = StudySpec(name="journal-full", trainable=fills_the_disk, space={"lr": Float(0.01, 0.1)}, metric="val_f1")
+    options = RunOptions(
+        storage=str(tmp_path / "optuna.journal"),
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        quiet=True,
+        report=False,
+        n_trials=2,
+    )
+    with pytest.raises(UserError, match=r"storage cannot be written \(No space left on device\)") as raised:
+        execute_study(spec, options)
+    assert "\n" not in str(raised.value)
+    monkeypatch.setattr(Disk, "full", False)
+    study = optuna.load_study(study_name="journal-full", storage=open_storage(options.storage, heartbeat=False))
+    (trial,) = study.trials
+    assert trial.state == TrialState.RUNNING  # left for the stale-trial retry
+    assert len(trial.intermediate_values) == 1  # what was written before the disk filled is kept

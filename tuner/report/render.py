@@ -10,6 +10,7 @@ from pathlib import Path
 from tuner.errors import UserError
 from tuner.locations import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, redact
 from tuner.report.extract import Tables, extract
+from tuner.report.files import ReportFiles, staging_dir
 from tuner.report.load import load_studies
 from tuner.report.sections import Entry, build_entries
 
@@ -61,12 +62,23 @@ def build_report(
     tracking_uri: str = DEFAULT_TRACKING_URI,
     png: bool = True,
 ) -> Report:
+    """Every file is written to a temporary name and renamed into place. On Ctrl-C or SIGTERM the
+    interrupt goes on with a note saying which files were and were not written (the CLI prints it)."""
+    files = ReportFiles(Path(out_dir))
+    try:
+        return _build_report(study_names, files, storage, tracking_uri, png)
+    except KeyboardInterrupt as exc:
+        exc.add_note(files.progress())
+        raise
+
+
+def _build_report(study_names: list[str], files: ReportFiles, storage: str, tracking_uri: str, png: bool) -> Report:
     from tuner.report import aggregate as agg
     from tuner.report.page import display_summary, html_page, markdown_table, page_title
     from tuner.report.summary import headline, summary_table
 
     clock = Timer()
-    out = Path(out_dir)
+    out = files.out
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; give a folder for the report")
     studies = load_studies(study_names, storage)  # raises UserError before anything is written
@@ -79,27 +91,36 @@ def build_report(
     clock.lap("figures")
 
     out.mkdir(parents=True, exist_ok=True)
+    tables_written = ["summary.csv", "summary.md", "trials.csv", "epochs.csv"]
+    figures = [e for e in entries if e.figure is not None] if png else []
+    files.planned = [*tables_written, *(f"png/{e.slug}.png" for e in figures), "report.html"]
     notes = list(tables.notes)
     shown = display_summary(summary, by, tables.metric)
-    summary.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(f"{answer}\n\n{markdown_table(shown)}")
-    tables.trials.to_csv(out / "trials.csv", index=False)
-    tables.epochs.to_csv(out / "epochs.csv", index=False)
+    with files.write("summary.csv") as tmp:
+        summary.to_csv(tmp, index=False)
+    with files.write("summary.md") as tmp:
+        tmp.write_text(f"{answer}\n\n{markdown_table(shown)}")
+    with files.write("trials.csv") as tmp:
+        tables.trials.to_csv(tmp, index=False)
+    with files.write("epochs.csv") as tmp:
+        tables.epochs.to_csv(tmp, index=False)
     clock.lap("tables")
     pngs: list[Path] = []
-    if png:
-        pngs, note = write_pngs(entries, out / "png")
+    if figures:
+        pngs, note = write_pngs(figures, files)
         if note:
             notes.append(note)
     clock.lap("png")
-    html_path = out / "report.html"
-    files = ["summary.csv", "summary.md", "trials.csv", "epochs.csv"] + [f"png/{p.name}" for p in pngs]
+    beside = tables_written + [f"png/{p.name}" for p in pngs]
     entry_notes = {e.note for e in entries if e.note}
     page_notes = [n for n in notes if n not in entry_notes]
     title = page_title([str(n) for n in tables.studies["study"]])
-    html_path.write_text(html_page(title, answer, shown, entries, page_notes, files), encoding="utf-8")
+    page = html_page(title, answer, shown, entries, page_notes, beside)
+    with files.write("report.html") as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    html_path = out / "report.html"
     clock.lap("html")
-    written = [html_path, *(out / f for f in files)]
+    written = [html_path, *(out / f for f in beside)]  # only complete files, so MLflow never gets a partial one
     logged, log_note = log_to_mlflow(tables, written, out, tracking_uri)
     if log_note:
         notes.append(log_note)
@@ -107,24 +128,27 @@ def build_report(
     return Report(html_path, written, pngs, notes, answer, logged, clock.laps)
 
 
-def write_pngs(entries: list[Entry], folder: Path) -> tuple[list[Path], str | None]:
-    """Every figure as PNG, in one kaleido session (one browser start for all of them)."""
+def write_pngs(figures: list[Entry], files: ReportFiles) -> tuple[list[Path], str | None]:
+    """Every figure as `png/<slug>.png`, in one kaleido session (one browser start for all of them)."""
     import plotly.io as pio
 
-    figures = [e for e in entries if e.figure is not None]
-    if not figures:
-        return [], None
+    folder = files.out / "png"
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.png"):  # from an earlier report of other studies
         stale.unlink()
-    paths = [folder / f"{e.slug}.png" for e in figures]
-    heights = [int(e.figure.layout.height or 500) for e in figures]
-    try:
-        pio.write_images([e.figure for e in figures], paths, width=PNG_WIDTH_PX, height=heights, validate=False)
-    except Exception as exc:  # no browser, or one that fails to start: the page and tables are still written
-        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
-        return [p for p in paths if p.is_file()], PNG_HINT.format(reason=reason)
-    return paths, None
+    note = None
+    # kaleido claims each name with an empty file before it renders: it writes into a folder of its own
+    with staging_dir(folder) as staging:
+        made = [staging / f"{e.slug}.png" for e in figures]
+        heights = [int(e.figure.layout.height or 500) for e in figures]
+        try:
+            pio.write_images([e.figure for e in figures], made, width=PNG_WIDTH_PX, height=heights, validate=False)
+        except Exception as exc:  # no browser, or one that fails to start: the page and tables are still written
+            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+            note = PNG_HINT.format(reason=reason)
+        # kaleido has finished here; a figure it failed to render is missing or empty
+        pngs = [files.place(p, f"png/{p.name}") for p in made if p.is_file() and p.stat().st_size > 0]
+    return pngs, note
 
 
 def log_to_mlflow(tables: Tables, files: list[Path], out: Path, tracking_uri: str) -> tuple[list[str], str | None]:

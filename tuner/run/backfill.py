@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.locations import redact
 from tuner.record_writer import LOST_WRITES_TAG
-from tuner.run.adapter import REASON_ATTR
+from tuner.run.adapter import REASON_ATTR, WORKER_DIED
 from tuner.run.pruning import CURVE_ATTR
 from tuner.tracking import MLFLOW_STATUS, RUN_ID_ATTR, StudyTracking
 
@@ -45,13 +45,15 @@ def backfill_study(study: Any, tracking: StudyTracking, metrics: Sequence[str], 
     try:
         tracking.sync()  # this process's own writes first: they may be what looks missing
         runs = trial_runs(tracking)
+        everything = study.get_trials(deepcopy=False)
+        retried = {n for t in everything for n in t.system_attrs.get("retry_history", [])}
         settled = datetime.now() - timedelta(seconds=settled_seconds)
         for trial in study.get_trials(deepcopy=False, states=finished):
             if settled_seconds and (trial.datetime_complete is None or trial.datetime_complete > settled):
                 continue
             run = _run_of(trial, runs.get(trial.number, []))
             if run is None or not agrees(trial, run):
-                restore(tracking, trial, run, metrics)
+                restore(tracking, trial, run, metrics, retried)
                 restored += 1
     except Exception as exc:
         logging.getLogger(__name__).warning(
@@ -111,7 +113,9 @@ def agrees(trial: FrozenTrial, run: Run) -> bool:
     return LOST_WRITES_TAG not in tags and epochs.isdigit() and int(epochs) >= len(curve(trial))
 
 
-def restore(tracking: StudyTracking, trial: FrozenTrial, run: Run | None, metrics: Sequence[str]) -> None:
+def restore(
+    tracking: StudyTracking, trial: FrozenTrial, run: Run | None, metrics: Sequence[str], retried: set[int]
+) -> None:
     """Write the trial's record from the study into its run (created if there is none), and close the run."""
     from mlflow.entities import Metric, Param, RunTag
 
@@ -151,14 +155,23 @@ def restore(tracking: StudyTracking, trial: FrozenTrial, run: Run | None, metric
     tags = [RunTag(BACKFILLED_TAG, what), RunTag("tuner.epochs", str(len(points)))]
     if status == "RUNNING" or (run is not None and run.data.tags.get("optuna.state") == "RUNNING") or run is None:
         tags.append(RunTag("optuna.state", state))
-        if REASON_ATTR in trial.user_attrs:
-            tags.append(RunTag("tuner.reason", redact(str(trial.user_attrs[REASON_ATTR]))[:5000]))
+        if state == "FAIL" or REASON_ATTR in trial.user_attrs:
+            tags.append(RunTag("tuner.reason", redact(reason(trial, retried))[:5000]))
     client.log_batch(run_id, metrics=values[:_BATCH], params=params, tags=tags)
     for start in range(_BATCH, len(values), _BATCH):
         client.log_batch(run_id, metrics=values[start : start + _BATCH])
     if status == "RUNNING":
         interrupted = str(trial.user_attrs.get(REASON_ATTR, "")).startswith("interrupted")
         client.set_terminated(run_id, "KILLED" if interrupted else MLFLOW_STATUS[state], end_time=when)
+
+
+def reason(trial: FrozenTrial, retried: set[int]) -> str:
+    """Why the trial ended as it did: its own record, else what the study says of it."""
+    if REASON_ATTR in trial.user_attrs:
+        return str(trial.user_attrs[REASON_ATTR])
+    if trial.number in retried:  # Optuna failed it as stale (it cannot record why) and queued a retry
+        return f"{WORKER_DIED} (retried)"
+    return "ended without a recorded reason"
 
 
 def _ms(moment: datetime | None) -> int | None:

@@ -9,6 +9,7 @@ the storage and tracking URIs), and runs trials until the study's shared budget 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import time
@@ -119,7 +120,12 @@ def work(
         if budget_left(study, trials, objective.run_key):
             try:
                 study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=list(callbacks))
-            except Exception:
+            except Exception as exc:
+                if (full := _disk_full(exc)) is not None:
+                    raise UserError(
+                        f"the study's storage cannot be written ({full.strerror}): this worker stops, and its "
+                        "last trial, left running, is retried once space is freed; free space and run again"
+                    ) from exc
                 if not objective.taken_over:
                     raise
                 # Optuna refuses to close a trial that another worker failed as stale; its retry goes on
@@ -135,6 +141,17 @@ def work(
         else:
             break
     return ran
+
+
+def _disk_full(exc: BaseException) -> OSError | None:
+    """The full disk (or quota) behind `exc`, as Optuna reports a failed write of a trial's end: its own
+    AssertionError, raised while the storage's OSError was being handled."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def join(study_name: str, options: RunOptions, worker_index: int | None = None, timeout: float | None = None) -> int:
