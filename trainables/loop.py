@@ -10,6 +10,7 @@ never waits for the host.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import time
@@ -54,14 +55,26 @@ class FileCheckpoint:
     def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, self.path)
+        except (OSError, RuntimeError) as exc:  # a full disk (torch says RuntimeError): training goes on
+            tmp.unlink(missing_ok=True)
+            checkpoint_not_saved(self.path, exc)
 
     def load(self) -> dict[str, Any] | None:
         if not self.path.exists():
             return None
         # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device
         return torch.load(self.path, map_location="cpu", weights_only=False)
+
+
+def checkpoint_not_saved(path: Path, exc: BaseException) -> None:
+    """One warning: the checkpoint is for resuming; losing one costs a retry some epochs, not the trial."""
+    first_line = next(iter(str(exc).splitlines()), type(exc).__name__)
+    logging.getLogger(__name__).warning(
+        "checkpoint %s not saved (%s); training goes on, and a retry resumes from the last one saved", path, first_line
+    )
 
 
 class Diverged(ArithmeticError):

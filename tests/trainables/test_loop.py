@@ -177,3 +177,22 @@ def test_cnn1d_learns_mnist1d_with_the_default_config() -> None:
     assert records[-1].val_acc >= 0.80
     assert records[-1].test_acc is not None and records[-1].test_acc >= 0.75
     assert records[-1].train_loss < records[0].train_loss / 2
+
+
+def test_a_checkpoint_that_cannot_be_written_does_not_stop_training(
+    tiny: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk at the checkpoint (torch.save raises RuntimeError or OSError): the run trains every epoch,
+    one warning per failed save, no temporary file left; only resumability is lost."""
+    import errno
+
+    def full(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        Path(str(f)).write_bytes(b"half")  # what a write cut short leaves
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    checkpoint = tmp_path / "trial" / "checkpoint.pt"
+    records = list(fit(tiny.replace(epochs=3), checkpoint=checkpoint, checkpoint_every=0))
+    assert [r.epoch for r in records] == [1, 2, 3]
+    assert caplog.text.count("not saved ([Errno 28] No space left on device); training goes on") == 3  # a save a epoch
+    assert not checkpoint.exists() and not list(checkpoint.parent.glob("*.tmp"))

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainables.loop import checkpoint_not_saved
+
 
 @dataclass
 class TrialContext:
@@ -46,8 +48,12 @@ class TrialContext:
 
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint_path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"state": state, "epochs": self.epochs_done, "saved_at": time.time()}, tmp)
-        os.replace(tmp, self.checkpoint_path)  # a kill mid-save leaves the previous checkpoint intact
+        try:
+            torch.save({"state": state, "epochs": self.epochs_done, "saved_at": time.time()}, tmp)
+            os.replace(tmp, self.checkpoint_path)  # a kill mid-save leaves the previous checkpoint intact
+        except (OSError, RuntimeError) as exc:  # a full disk (torch says RuntimeError): the trial goes on
+            tmp.unlink(missing_ok=True)
+            checkpoint_not_saved(self.checkpoint_path, exc)
 
     def load(self) -> Any:
         """The state of the last `save` of this trial (or of the attempt it retries); None when there is none."""
