@@ -153,8 +153,8 @@ class RecordWriter:
         what = f"run {self._names.get(run, run)!r}" if run else f"a {op}"
         first_line = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         logging.getLogger(__name__).warning(
-            "tuner: MLflow at %s could not record %s (%s: %s); the trial goes on and the next run of this study "
-            "restores its MLflow record from the Optuna study",
+            "tuner: MLflow at %s could not record %s (%s: %s); the study goes on, and its next run "
+            "restores the record from the Optuna study",
             redact(tracking_uri),
             what,
             type(exc).__name__,
