@@ -77,16 +77,13 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[Disk]]:
 
 
 def test_a_full_disk_keeps_trials_complete_and_the_next_run_restores_their_runs(
-    tmp_path: Path, full_disk: type[Disk], caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    options: RunOptions,
+    full_disk: type[Disk],
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     spec = StudySpec(name="full", trainable=fills_the_disk, space={"lr": Float(0.01, 0.1)}, metric="val_f1", n_trials=2)
-    options = RunOptions(
-        storage=str(tmp_path / "optuna.journal"),
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        quiet=True,
-        report=False,
-        n_trials=2,
-    )
+    options = RunOptions(**{**vars(options), "n_trials": 2})
     with caplog.at_level(logging.WARNING):
         study = execute_study(spec, options)
 
@@ -190,7 +187,7 @@ def test_metrics_a_sigkill_lost_are_restored_from_the_study(tmp_path: Path) -> N
 
 
 def test_a_full_disk_under_the_optuna_journal_stops_the_worker_with_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    options: RunOptions, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The study's own storage cannot record the trial's end: the worker stops with one line instead of
     Optuna's "AssertionError: Should not reach.", and every record already written stays readable."""
@@ -208,13 +205,7 @@ def test_a_full_disk_under_the_optuna_journal_stops_the_worker_with_one_line(
     monkeypatch.setattr(Disk, "full", False)
     monkeypatch.setattr(Disk, "fills", True)
     spec = StudySpec(name="journal-full", trainable=fills_the_disk, space={"lr": Float(0.01, 0.1)}, metric="val_f1")
-    options = RunOptions(
-        storage=str(tmp_path / "optuna.journal"),
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        quiet=True,
-        report=False,
-        n_trials=2,
-    )
+    options = RunOptions(**{**vars(options), "n_trials": 2})
     with pytest.raises(UserError, match=r"storage cannot be written \(No space left on device\)") as raised:
         execute_study(spec, options)
     assert "\n" not in str(raised.value)
