@@ -16,3 +16,9 @@ class WorkersFailed(UserError):
 
 class TerminatedError(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C (the running trial is closed and queued again) but exiting 143."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's first non-blank line, at most 200 characters (SQLAlchemy's go on with the query)."""
+    line = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return line[:200]

@@ -141,6 +141,7 @@ class RecordWriter:
 
     def _lost_write(self, tracking_uri: str, op: str, args: tuple[Any, ...], exc: Exception) -> None:
         """One line for the first write a run loses (or for a write of no run), counted for the run's next write."""
+        from tuner.errors import first_line
         from tuner.locations import redact
 
         run = args[0] if op in RUN_OPS and args else None
@@ -151,14 +152,13 @@ class RecordWriter:
         if op == "create_run" and run is not None:
             self._names[run] = args[2]
         what = f"run {self._names.get(run, run)!r}" if run else f"a {op}"
-        first_line = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         logging.getLogger(__name__).warning(
             "tuner: MLflow at %s could not record %s (%s: %s); the study goes on, and its next run "
             "restores the record from the Optuna study",
             redact(tracking_uri),
             what,
             type(exc).__name__,
-            first_line[:200],
+            first_line(exc),
         )
 
     def sync(self) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from tuner.errors import first_line
 from tuner.locations import redact
 from tuner.record_writer import LOST_WRITES_TAG
 from tuner.run.adapter import REASON_ATTR, WORKER_DIED
@@ -45,10 +46,12 @@ def backfill_study(study: Any, tracking: StudyTracking, metrics: Sequence[str], 
     try:
         tracking.sync()  # this process's own writes first: they may be what looks missing
         runs = trial_runs(tracking)
-        everything = study.get_trials(deepcopy=False)
-        retried = {n for t in everything for n in t.system_attrs.get("retry_history", [])}
+        trials = study.get_trials(deepcopy=False)
+        retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
         settled = datetime.now() - timedelta(seconds=settled_seconds)
-        for trial in study.get_trials(deepcopy=False, states=finished):
+        for trial in trials:
+            if trial.state not in finished:
+                continue
             if settled_seconds and (trial.datetime_complete is None or trial.datetime_complete > settled):
                 continue
             run = _run_of(trial, runs.get(trial.number, []))
@@ -61,7 +64,7 @@ def backfill_study(study: Any, tracking: StudyTracking, metrics: Sequence[str], 
             "there, and the next run of the study tries again",
             study.study_name,
             type(exc).__name__,
-            redact(next(iter(str(exc).splitlines()), ""))[:200],
+            redact(first_line(exc)),
         )
     if restored:
         logging.getLogger(__name__).warning(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.samplers import BaseSampler
 
-from tuner.errors import UserError
+from tuner.errors import UserError, first_line
 from tuner.locations import redact
 from tuner.run.adapter import RUN_ATTR, StaleTrialHandler
 from tuner.run.backfill import backfill_study
@@ -122,7 +122,7 @@ def close_parent_run(
                 "tuner: could not close the MLflow run of study %s (%s: %s); the next run of the study closes it",
                 study.study_name,
                 type(exc).__name__,
-                next(iter(str(exc).splitlines()), "")[:200],
+                first_line(exc),
             )
 
 
