@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from typing import Any
 
@@ -215,9 +214,7 @@ DEBUG_ENV = "TUNER_DEBUG"  # set by --debug, inherited by worker processes
 def _dispatch(args: argparse.Namespace, command: Any) -> int:
     if getattr(args, "debug", False):
         os.environ[DEBUG_ENV] = "1"  # a launcher's worker processes show their tracebacks too
-    signal.signal(signal.SIGTERM, _raise_terminated)  # SIGTERM closes the trial like Ctrl-C
-    # Ctrl-C raises KeyboardInterrupt even when started with SIGINT ignored (`cmd &` in a script)
-    signal.signal(signal.SIGINT, _raise_interrupted)
+    interrupts.install()
     try:
         return int(command())
     except TerminatedError:  # before KeyboardInterrupt: it is one
@@ -233,14 +230,6 @@ def _dispatch(args: argparse.Namespace, command: Any) -> int:
             raise
         print(f"tuner: error: {redact(one_line(exc))}", file=sys.stderr)
         return 2
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    interrupts.interrupt(TerminatedError())
-
-
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    interrupts.interrupt(KeyboardInterrupt())
 
 
 def _run_command(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ and running the same command again resumes the trial from its checkpoint.
 
 from __future__ import annotations
 
+import os
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -15,17 +16,24 @@ import torch
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from tests.tuner.fakes import curve_fit
 from tests.tuner.procs import SLOW_SPACE, fake_mnist, finish, start_tuner, wait_for, write_script
 from tuner import interrupts
 from tuner.errors import TerminatedError
 from tuner.run.adapter import ATTEMPT_OF_ATTR, REASON_ATTR
 from tuner.run.api import run_study
+from tuner.run.execute import make_runner, work
+from tuner.run.open import close_parent_run, prepare_study
+from tuner.run.plan import make_plan
 from tuner.scripts import load_study_script
+from tuner.space import Float
 from tuner.storage import open_storage
-from tuner.study import RunOptions
+from tuner.study import RunOptions, StudySpec
 from tuner.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR
 
 __all__ = ["fake_mnist"]  # a fixture
+
+SPACE = {"lr": Float(1e-5, 1.0, log=True), "epochs": 3}
 
 
 def load(tmp_path: Path, name: str) -> optuna.Study:
@@ -151,3 +159,36 @@ def test_an_interrupt_a_finalizer_swallowed_is_raised_at_the_next_check() -> Non
     with pytest.raises(TerminatedError):
         interrupts.check()
     interrupts.check()  # once only
+
+
+class SignalsWhenATrialIsCreated(optuna.samplers.RandomSampler):
+    """Sends this process SIGTERM from inside `study.ask`, after Optuna has created the trial."""
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        super().before_trial(study, trial)
+        if trial.number == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_signal_before_the_objective_starts_still_closes_and_requeues_the_trial(options: RunOptions) -> None:
+    """A SIGTERM landing between Optuna creating a trial and the objective's `try` left that trial RUNNING
+    with nobody to close it (seen in CI: a stopped worker's trial stayed RUNNING). It is held until the
+    objective can close the trial, then stops the run the same way as during an epoch."""
+    plan = make_plan(StudySpec(name="window", space=SPACE, n_trials=3, trainable=curve_fit), options)
+    study, tracking = prepare_study(plan)
+    study.sampler = SignalsWhenATrialIsCreated(seed=0)
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    interrupts.install()
+    try:
+        with pytest.raises(TerminatedError):
+            work(study, make_runner(plan, tracking), None)
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+        interrupts.clear()
+        close_parent_run(study, tracking, True, plan.spec.metrics)
+    killed, queued = study.get_trials()
+    assert killed.state == TrialState.FAIL and killed.user_attrs[REASON_ATTR].startswith("interrupted")
+    assert queued.state == TrialState.WAITING and queued.params == killed.params
+    run = MlflowClient(options.tracking_uri).get_run(killed.user_attrs[RUN_ID_ATTR])
+    assert run.info.status == "KILLED"

@@ -168,9 +168,9 @@ class TrialRunner:
             model = None
             try:
                 while True:
-                    interrupts.check()  # a Ctrl-C or SIGTERM whose exception a finalizer swallowed
                     try:
-                        raw = next(epochs)
+                        with interrupts.raised():  # the trainable's own code: Ctrl-C or SIGTERM stops it at once
+                            raw = next(epochs)
                     except StopIteration as stop:
                         model = stop.value  # what the trainable returned: its trained model, if any
                         break

@@ -114,32 +114,34 @@ def work(
     freeze_heap()
     started, ran = time.monotonic(), 0
     poll = min(2.0, heartbeat_seconds()[0])
-    while timeout is None or time.monotonic() - started < timeout:
-        interrupts.check()
-        trials = study.get_trials(deepcopy=False)
-        if budget_left(study, trials, objective.run_key):
-            try:
-                study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=list(callbacks))
-            except Exception as exc:
-                if (full := _disk_full(exc)) is not None:
-                    raise UserError(
-                        f"the study's storage cannot be written ({full.strerror}): this worker stops, and its "
-                        "last trial, left running, is retried once space is freed; free space and run again"
-                    ) from exc
-                if not objective.taken_over:
-                    raise
-                # Optuna refuses to close a trial that another worker failed as stale; its retry goes on
-                logging.getLogger(__name__).warning(
-                    "trial %d lost its heartbeat and was retried by another worker; going on",
-                    objective.taken_over.pop(),
-                )
-            ran += 1
-        elif any(t.state == TrialState.RUNNING for t in trials):
-            optuna.storages.fail_stale_trials(study)  # a dead worker's trial comes back as WAITING
-            if not any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False)):
-                time.sleep(poll)
-        else:
-            break
+    with interrupts.deferred():  # a signal stops the trainable, never Optuna or tracking half way
+        while timeout is None or time.monotonic() - started < timeout:
+            interrupts.check()
+            trials = study.get_trials(deepcopy=False)
+            if budget_left(study, trials, objective.run_key):
+                try:
+                    study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=list(callbacks))
+                except Exception as exc:
+                    if (full := _disk_full(exc)) is not None:
+                        raise UserError(
+                            f"the study's storage cannot be written ({full.strerror}): this worker stops, and its "
+                            "last trial, left running, is retried once space is freed; free space and run again"
+                        ) from exc
+                    if not objective.taken_over:
+                        raise
+                    # Optuna refuses to close a trial that another worker failed as stale; its retry goes on
+                    logging.getLogger(__name__).warning(
+                        "trial %d lost its heartbeat and was retried by another worker; going on",
+                        objective.taken_over.pop(),
+                    )
+                ran += 1
+            elif any(t.state == TrialState.RUNNING for t in trials):
+                optuna.storages.fail_stale_trials(study)  # a dead worker's trial comes back as WAITING
+                if not any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+                    with interrupts.raised():
+                        time.sleep(poll)
+            else:
+                break
     return ran
 
 
