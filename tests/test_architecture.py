@@ -27,6 +27,7 @@ STAGES = (
     "tuner.run.models",
     "tuner.run.pruning",
     "tuner.run.adapter",
+    "tuner.run.cohort",
     "tuner.run.backfill",
     "tuner.run.open",
     "tuner.run.launch",

@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from trainables.cohort import Cohort, checkpoint_epoch, cohort_key
     from trainables.config import (
         ADAM_FAMILY,
         DATASETS,
@@ -41,6 +42,9 @@ _EXPORTS = {
         ["ADAM_FAMILY", "DATASETS", "MODELS", "MOMENTUM_OPTIMIZERS", "OPTIMIZERS", "SCHEDULES", "SCHEDULE_FIELDS"],
         "trainables.config",
     ),
+    "Cohort": "trainables.cohort",
+    "checkpoint_epoch": "trainables.cohort",
+    "cohort_key": "trainables.cohort",
     "ConfigError": "trainables.config",
     "TrainConfig": "trainables.config",
     "DatasetNotFound": "trainables.datafiles",
@@ -66,6 +70,7 @@ __all__ = [  # spelled out, not sorted(_EXPORTS): linters read the public names 
     "SCHEDULES",
     "SCHEDULE_FIELDS",
     "CheckpointStore",
+    "Cohort",
     "ConfigError",
     "DatasetNotFound",
     "Diverged",
@@ -74,6 +79,8 @@ __all__ = [  # spelled out, not sorted(_EXPORTS): linters read the public names 
     "TrainConfig",
     "build_model",
     "check_dataset_files",
+    "checkpoint_epoch",
+    "cohort_key",
     "fit",
     "fit_model",
     "fit_splits",

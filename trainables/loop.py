@@ -133,6 +133,9 @@ def fit(
     return (yield from fit_splits(config, splits, checkpoint, checkpoint_every))
 
 
+fit.fused = "trainables.cohort:Cohort"  # type: ignore[attr-defined]  # its trials fuse into cohorts
+
+
 def fit_splits(
     config: TrainConfig,
     splits: Splits,

@@ -65,6 +65,13 @@ def add_worker_flags(parser: argparse.ArgumentParser) -> None:
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-trials", type=int, help="number of trials (default: the study's)")
     parser.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    parser.add_argument(
+        "--cohort",
+        type=int,
+        metavar="K",
+        help="train up to K trials together as one fused model per step: faster for small models "
+        "(default: the study's cohort, 1; only the built-in trainable fuses)",
+    )
     add_storage_flags(parser)
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the study's, auto)")
     parser.add_argument("--seed", type=int, help="sampler seed (default: the study's)")
@@ -292,6 +299,7 @@ def run_options(args: argparse.Namespace) -> Any:
 
     return RunOptions(
         n_trials=getattr(args, "n_trials", None),
+        cohort=getattr(args, "cohort", None),
         timeout=args.timeout,
         storage=args.storage,
         tracking_uri=args.tracking_uri,

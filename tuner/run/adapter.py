@@ -111,6 +111,23 @@ class Epoch:
 
 
 @dataclass
+class Member:
+    """One trial while it trains: what `TrialRunner` needs to report it and to close it."""
+
+    trial: optuna.Trial
+    first_number: int  # the first attempt's number: a retry resumes its checkpoint
+    checkpoint: Path | None
+    retry_of_run: str | None = None  # the MLflow run of the attempt this retry replaces
+    params: dict[str, Any] | None = None
+    config: Any = None  # a TrainConfig (built-in protocol) or the params
+    run: TrialRun | None = None
+    context: TrialContext | None = None
+    recorded_run: bool = False  # the run id is in the trial's attributes
+    epochs_done: int = 0
+    values: list[float] | None = None  # the objectives at the last epoch
+
+
+@dataclass
 class TrialRunner:
     """The objective handed to `study.optimize`."""
 
@@ -131,40 +148,14 @@ class TrialRunner:
     curve_pruner: CurvePruner | None = None  # a multi-objective study: Optuna cannot prune it
     taken_over: list[int] = field(default_factory=list)  # trials failed as stale under us: see `work`
     run_key: str | None = None  # the run whose budget this process's trials count in
+    cohort: int = 1  # trials trained together (`tuner.run.cohort`) when `fused` is given
+    fused: Any = None  # the trainable's fused form (`trainables.cohort.Cohort`); None: trials one by one
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        first_number = int(trial.user_attrs.get(ATTEMPT_OF_ATTR, trial.number))
-        retry_of_run = trial.user_attrs.get(RUN_ID_ATTR)  # set only when this trial is a retry
-        checkpoint = self._checkpoint_path(first_number)
-        params: dict[str, Any] | None = None
-        context: TrialContext | None = None
-        run = None
-        recorded_run = False
-        epochs_done = 0
+        member = self.member(trial)
         try:
-            with combined_writes(trial):  # the params and attributes below: one storage write, not a dozen
-                params = suggest_params(trial, self.space)
-                if self.takes_config:
-                    params.update(self.overrides)
-                    config: Any = trainables.TrainConfig(**params)
-                else:
-                    config = params
-                if retry_of_run is not None:  # normally closed by the worker that found it stale
-                    self.tracking.close_dead_attempt(first_number, retry_of_run, WORKER_DIED)
-                worker = worker_id()
-                run = self.tracking.start_trial(
-                    trial.number, trial.params, config, retry_of_run, attempt_of_trial=first_number, worker=worker
-                )
-                trial.set_user_attr(ATTEMPT_OF_ATTR, first_number)
-                trial.set_user_attr(WORKER_ATTR, worker)
-                if self.run_key is not None:
-                    trial.set_user_attr(RUN_ATTR, self.run_key)
-            values: list[float] | None = None
-            if self.takes_config:
-                epochs = self.fit(config, checkpoint=checkpoint, checkpoint_every=self.checkpoint_every)
-            else:
-                context = self._context(trial.number, first_number, checkpoint)
-                epochs = self.fit(dict(params), context) if self.passes_context else self.fit(dict(params))
+            self.begin(member)
+            epochs = self._start(member)
             model = None
             try:
                 while True:
@@ -174,70 +165,136 @@ class TrialRunner:
                     except StopIteration as stop:
                         model = stop.value  # what the trainable returned: its trained model, if any
                         break
-                    epoch = self._epoch(raw, epochs_done, context)
-                    run.log_epoch(epoch.step, epoch.metrics, epoch.resumed)
-                    epochs_done = epoch.step
-                    if context is not None:
-                        context.epochs_done = epoch.step
-                    values = [epoch.metrics[m] for m in self.metrics]
-                    if not math.isfinite(values[0]) and not self.takes_config:
-                        raise MetricNotFinite(epoch.step, self.metrics[0], values[0])
-                    with combined_writes(trial):  # the run id goes with the first report: the run exists by now
-                        if not recorded_run:
-                            record_run_id(trial, run)
-                        if self.curve_pruner is None:
-                            trial.report(values[0], epoch.step)
-                        else:
-                            self.curve_pruner.record(trial, epoch.step, values[0])
-                    recorded_run = True
-                    should_prune = (
-                        trial.should_prune()
-                        if self.curve_pruner is None
-                        else self.curve_pruner.should_prune(trial, epoch.step, values[0])
-                    )
-                    if should_prune:
-                        raise optuna.TrialPruned()
+                    self.report(member, raw)
             finally:
                 epochs.close()  # stops the trainable at once when pruned or failing
-            if values is None:
-                raise BadYield(
-                    f"trainable {self.trainable_name} yielded no epoch: yield one mapping of metric name to number "
-                    f"per epoch, with the study's metric {self.metrics[0]!r}"
-                )
-            if self.models is not None and model is not None:
-                self.models.offer(trial.number, values, model)
-            run.finish("COMPLETE", tags=self._resume_tags(context), files_dir=context.trial_dir if context else None)
-            note_lost_writes(trial, run)
-            self._remove_checkpoint(checkpoint)
-            return values[0] if len(values) == 1 else values
+            return self.complete(member, model)
         except BaseException as exc:
-            state, reason = classify(exc, params, epochs_done)
-            taken_over = isinstance(exc, optuna.exceptions.UpdateFinishedTrialError)
-            if not taken_over:  # a taken-over trial is finished: Optuna refuses any write to it
-                with combined_writes(trial):
-                    if run is not None and not recorded_run:
-                        record_run_id(trial, run)
-                    self._record(trial, state, reason, epochs_done)
-            if run is not None:
-                error = exc if state == "FAIL" and not taken_over and not isinstance(exc, BadYield) else None
-                files = context.trial_dir if context else None
-                run.finish(state, reason, error=error, tags=self._resume_tags(context), files_dir=files)
-                if not taken_over:
-                    note_lost_writes(trial, run)
-            if state == "KILLED":  # queued again; its retry resumes from the checkpoint kept here
-                requeue(trial)
-            elif not taken_over:  # the retry of a taken-over trial resumes from its checkpoint too
-                self._remove_checkpoint(checkpoint)
-            if taken_over:
-                self.taken_over.append(trial.number)
-                raise TrialTakenOver(reason) from exc
-            if state == "FAIL" and _is_cuda_oom(exc):
-                _release_cuda_memory(exc)
-            if state == "PRUNED":
-                raise optuna.TrialPruned(reason) from exc
-            if state == "FAIL" and not isinstance(exc, BadYield):
-                raise TrialFailed(reason) from exc
-            raise
+            error = self.close(member, exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    # One trial's steps, here in order and in `tuner.run.cohort` for each member of a cohort.
+
+    def member(self, trial: optuna.Trial) -> Member:
+        """The trial about to train: which attempt it is, where its checkpoint goes."""
+        first_number = int(trial.user_attrs.get(ATTEMPT_OF_ATTR, trial.number))
+        checkpoint = self._checkpoint_path(first_number)  # a cohort member's is a solo one: either resumes it
+        return Member(trial, first_number, checkpoint, retry_of_run=trial.user_attrs.get(RUN_ID_ATTR))
+
+    def begin(self, member: Member) -> None:
+        """Sample the trial's params, build its config and open its MLflow run."""
+        trial = member.trial
+        with combined_writes(trial):  # the params and attributes below: one storage write, not a dozen
+            member.params = params = suggest_params(trial, self.space)
+            if self.takes_config:
+                params.update(self.overrides)
+                member.config = trainables.TrainConfig(**params)
+            else:
+                member.config = params
+            if member.retry_of_run is not None:  # normally closed by the worker that found it stale
+                self.tracking.close_dead_attempt(member.first_number, member.retry_of_run, WORKER_DIED)
+            worker = worker_id()
+            member.run = self.tracking.start_trial(
+                trial.number,
+                trial.params,
+                member.config,
+                member.retry_of_run,
+                attempt_of_trial=member.first_number,
+                worker=worker,
+            )
+            trial.set_user_attr(ATTEMPT_OF_ATTR, member.first_number)
+            trial.set_user_attr(WORKER_ATTR, worker)
+            if self.run_key is not None:
+                trial.set_user_attr(RUN_ATTR, self.run_key)
+
+    def _start(self, member: Member) -> Generator[Any, None, Any]:
+        """The trainable's epochs for one trial (nothing runs until the first is asked for)."""
+        if self.takes_config:
+            return self.fit(member.config, checkpoint=member.checkpoint, checkpoint_every=self.checkpoint_every)
+        member.context = self._context(member.trial.number, member.first_number, member.checkpoint)
+        params = dict(member.params or {})
+        return self.fit(params, member.context) if self.passes_context else self.fit(params)
+
+    def report(self, member: Member, raw: Any) -> None:
+        """Record one epoch the trainable yielded; TrialPruned when the pruner stops the trial."""
+        trial, run, context = member.trial, member.run, member.context
+        assert run is not None
+        epoch = self._epoch(raw, member.epochs_done, context)
+        run.log_epoch(epoch.step, epoch.metrics, epoch.resumed)
+        member.epochs_done = epoch.step
+        if context is not None:
+            context.epochs_done = epoch.step
+        member.values = values = [epoch.metrics[m] for m in self.metrics]
+        if not math.isfinite(values[0]) and not self.takes_config:
+            raise MetricNotFinite(epoch.step, self.metrics[0], values[0])
+        with combined_writes(trial):  # the run id goes with the first report: the run exists by now
+            if not member.recorded_run:
+                record_run_id(trial, run)
+            if self.curve_pruner is None:
+                trial.report(values[0], epoch.step)
+            else:
+                self.curve_pruner.record(trial, epoch.step, values[0])
+        member.recorded_run = True
+        should_prune = (
+            trial.should_prune()
+            if self.curve_pruner is None
+            else self.curve_pruner.should_prune(trial, epoch.step, values[0])
+        )
+        if should_prune:
+            raise optuna.TrialPruned()
+
+    def complete(self, member: Member, model: Any) -> float | list[float]:
+        """The trial trained every epoch: keep its model if it is the best, close its run; its objective value(s)."""
+        values, run = member.values, member.run
+        if values is None:
+            raise BadYield(
+                f"trainable {self.trainable_name} yielded no epoch: yield one mapping of metric name to number "
+                f"per epoch, with the study's metric {self.metrics[0]!r}"
+            )
+        assert run is not None
+        if self.models is not None and model is not None:
+            self.models.offer(member.trial.number, values, model)
+        context = member.context
+        run.finish("COMPLETE", tags=self._resume_tags(context), files_dir=context.trial_dir if context else None)
+        note_lost_writes(member.trial, run)
+        self._remove_checkpoint(member.checkpoint)
+        return values[0] if len(values) == 1 else values
+
+    def close(self, member: Member, exc: BaseException) -> BaseException | None:
+        """Record how the trial ended on `exc` (study and run); the exception to raise to Optuna (None: `exc` itself).
+
+        An interrupted trial is queued again (`requeue`) to resume from its checkpoint.
+        """
+        trial, run, context = member.trial, member.run, member.context
+        state, reason = classify(exc, member.params, member.epochs_done)
+        taken_over = isinstance(exc, optuna.exceptions.UpdateFinishedTrialError)
+        if not taken_over:  # a taken-over trial is finished: Optuna refuses any write to it
+            with combined_writes(trial):
+                if run is not None and not member.recorded_run:
+                    record_run_id(trial, run)
+                self._record(trial, state, reason, member.epochs_done)
+        if run is not None:
+            error = exc if state == "FAIL" and not taken_over and not isinstance(exc, BadYield) else None
+            files = context.trial_dir if context else None
+            run.finish(state, reason, error=error, tags=self._resume_tags(context), files_dir=files)
+            if not taken_over:
+                note_lost_writes(trial, run)
+        if state == "KILLED":  # queued again; its retry resumes from the checkpoint kept here
+            requeue(trial)
+        elif not taken_over:  # the retry of a taken-over trial resumes from its checkpoint too
+            self._remove_checkpoint(member.checkpoint)
+        if taken_over:
+            self.taken_over.append(trial.number)
+            return TrialTakenOver(reason)
+        if state == "FAIL" and _is_cuda_oom(exc):
+            _release_cuda_memory(exc)
+        if state == "PRUNED":
+            return optuna.TrialPruned(reason)
+        if state == "FAIL" and not isinstance(exc, BadYield):
+            return TrialFailed(reason)
+        return None
 
     def _epoch(self, raw: Any, epochs_done: int, context: TrialContext | None) -> Epoch:
         """The record of one yield: an EpochResult (built-in protocol) or a user's mapping, checked."""

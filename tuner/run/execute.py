@@ -22,6 +22,7 @@ from tuner.errors import UserError
 from tuner.heap import freeze_heap
 from tuner.locations import check_storage_url, check_tracking_uri, heartbeat_seconds, redact, storage_kind
 from tuner.run.adapter import TrialFailed, TrialRunner
+from tuner.run.cohort import run_cohort
 from tuner.run.launch import launch, watch_launcher
 from tuner.run.models import ModelKeeper
 from tuner.run.open import (
@@ -33,6 +34,7 @@ from tuner.run.open import (
     open_tracking,
     prepare_study,
     quiet_optuna,
+    trials_left,
 )
 from tuner.run.plan import Plan, make_plan
 from tuner.run.pruning import CurvePruner
@@ -93,6 +95,8 @@ def make_runner(plan: Plan, tracking: StudyTracking) -> TrialRunner:
         checkpoint_every=0.0 if options.keep_checkpoints else options.checkpoint_every,
         keep_checkpoints=options.keep_checkpoints,
         run_key=options.run_key,
+        cohort=spec.cohort,
+        fused=plan.fused(),
     )
 
 
@@ -120,7 +124,13 @@ def work(
             trials = study.get_trials(deepcopy=False)
             if budget_left(study, trials, objective.run_key):
                 try:
-                    study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=list(callbacks))
+                    if objective.fused is not None:
+                        left = trials_left(study, trials, objective.run_key)
+                        size = objective.cohort if left is None else max(1, min(objective.cohort, left))
+                        optuna.storages.fail_stale_trials(study)  # as study.optimize does before each trial
+                        ran += run_cohort(study, objective, size, callbacks) - 1
+                    else:
+                        study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=list(callbacks))
                 except Exception as exc:
                     if (full := _disk_full(exc)) is not None:
                         raise UserError(

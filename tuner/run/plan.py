@@ -50,6 +50,17 @@ class Plan:
             return self.spec.trainable
         return resolve_trainable(self.spec.trainable)
 
+    def fused(self) -> Callable[..., Any] | None:
+        """What trains a cohort of trials as one fused model (`trainables.cohort.Cohort`), or None: trials one by one.
+
+        A trainable of the built-in protocol declares its fused form as its `fused` attribute (the
+        class, or its "module:Class" path); any other trainable runs its trials one by one.
+        """
+        if self.spec.cohort < 2 or not self.takes_config:
+            return None
+        fused = getattr(self.trainable(), "fused", None)
+        return resolve_trainable(fused) if isinstance(fused, str) else fused
+
 
 def make_plan(spec: StudySpec, options: RunOptions) -> Plan:
     """Apply `options` to `spec` and check everything that needs no storage; UserError before anything exists."""
