@@ -70,6 +70,7 @@ def tuning_studies(base: str, budget: Budget) -> list[StudySpec]:
             pruner="median",
             n_trials=budget.n_trials,
             seed=0,
+            cohort=budget.cohort,
             user_attrs={"kind": "optimizer_tuning", "comparison": base, "optimizer": optimizer},
         )
         for optimizer in OPTIMIZERS
@@ -106,8 +107,8 @@ STUDY = StudyGroup(
     name="optimizer-comparison",
     studies=tuning_studies,
     budgets={
-        "small": Budget(n_trials=4, epochs=5, seeds=2, pngs=False),
-        "default": Budget(n_trials=16, epochs=15, seeds=5),
+        "small": Budget(n_trials=4, epochs=5, seeds=2, pngs=False, cohort=4),
+        "default": Budget(n_trials=16, epochs=15, seeds=5, cohort=8),
     },
     reruns=reruns,
     rerun_space=rerun_space,

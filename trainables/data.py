@@ -1,17 +1,28 @@
 """Datasets as in-memory tensors, loaded once per process.
 
-MNIST-1D is generated locally (no network). MNIST, FashionMNIST and CIFAR-10 are read
-through torchvision's own dataset classes from `data_dir`.
+MNIST-1D is generated locally (no network), once per machine: the arrays are kept in the
+dataset cache (`cache_dir()`: $TUNER_CACHE_DIR, else $XDG_CACHE_HOME/tuner, else
+~/.cache/tuner), in a file named by a hash of the generation arguments and the mnist1d
+version, so every later process loads them in milliseconds instead of generating them
+(seconds, and importing mnist1d imports scipy and matplotlib). MNIST, FashionMNIST and
+CIFAR-10 are read through torchvision's own dataset classes from `data_dir`.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import logging
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from trainables.cache import cache_dir
 from trainables.datafiles import DatasetNotFound
 
 
@@ -54,10 +65,98 @@ def _load_arrays(
     return _torchvision(dataset, data_dir, download)
 
 
-def _mnist1d() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    from mnist1d.data import get_dataset_args, make_dataset
+# mnist1d's own defaults (`mnist1d.data.get_dataset_args()`, checked by a test), spelled out so
+# that the cache key is known without importing mnist1d
+MNIST1D_ARGS: dict[str, Any] = {
+    "num_samples": 5000,
+    "train_split": 0.8,
+    "template_len": 12,
+    "padding": [36, 60],
+    "scale_coeff": 0.4,
+    "max_translation": 48,
+    "corr_noise_scale": 0.25,
+    "iid_noise_scale": 2e-2,
+    "shear_scale": 0.75,
+    "shuffle_seq": False,
+    "final_seq_length": 40,
+    "seed": 42,
+    "url": "https://github.com/greydanus/mnist1d/raw/master/mnist1d_data.pkl",
+}
+_ARRAYS = ("x", "y", "x_test", "y_test")
 
-    data = make_dataset(get_dataset_args())  # generated locally; get_dataset would try the network
+
+def mnist1d_cache_file(args: dict[str, Any] | None = None) -> Path:
+    """The cache file of MNIST-1D generated with `args`: named by a hash of them and of the mnist1d version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        generator = version("mnist1d")
+    except PackageNotFoundError:
+        generator = "unknown"
+    key = json.dumps({"args": args or MNIST1D_ARGS, "mnist1d": generator, "format": 1}, sort_keys=True)
+    return cache_dir() / f"mnist1d-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+
+def mnist1d_arrays(args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """MNIST-1D's numpy arrays (x, y, x_test, y_test) from the cache, generated and cached when missing or unreadable.
+
+    The file is written whole to a temporary file beside it and moved into place, so several
+    processes generating at once each leave a complete file and a reader never sees a partial
+    one; a file that is damaged all the same is generated again. A cache that cannot be written
+    costs the generation, never the run.
+    """
+    import numpy as np
+
+    args = dict(args or MNIST1D_ARGS)
+    path = mnist1d_cache_file(args)
+    arrays = _read_cached(path)
+    if arrays is not None:
+        return arrays
+    from mnist1d.data import make_dataset
+    from mnist1d.utils import ObjectView
+
+    data = make_dataset(ObjectView(args))  # generated locally; get_dataset would try the network
+    arrays = {name: np.asarray(data[name]) for name in _ARRAYS}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
+            tmp = Path(f.name)
+            try:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            except BaseException:
+                f.close()
+                tmp.unlink(missing_ok=True)
+                raise
+        os.replace(tmp, path)
+    except OSError as exc:
+        logging.getLogger(__name__).warning("dataset cache %s not written (%s); generating it each time", path, exc)
+    return arrays
+
+
+def _read_cached(path: Path) -> dict[str, Any] | None:
+    """The arrays in a cache file; None when it is missing, damaged or not what was cached."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            arrays = {name: cached[name] for name in _ARRAYS}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        logging.getLogger(__name__).info("dataset cache %s unreadable (%s); generating it again", path, exc)
+        return None
+    x, y, x_test, y_test = (arrays[name] for name in _ARRAYS)
+    if x.ndim != 2 or x_test.ndim != 2 or len(x) != len(y) or len(x_test) != len(y_test) or y.ndim != 1:
+        return None
+    return arrays
+
+
+def _mnist1d() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    data = mnist1d_arrays()
 
     def as_x(a: object) -> torch.Tensor:
         return torch.as_tensor(a, dtype=torch.float32).unsqueeze(1)  # (N, 1 channel, 40)

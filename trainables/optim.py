@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Any
+import types
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -21,21 +24,71 @@ def build_optimizer(config: TrainConfig, params: Any, fused: bool = False) -> to
     lr, wd = config.lr, config.weight_decay
     name = config.optimizer
     fast: dict[str, Any] = {"fused": True} if fused else {}
+    optim = torch.optim
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd, **fast)
+        return eager(optim.SGD)(params, lr=lr, weight_decay=wd, **fast)
     if name == "momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd, **fast)
+        return eager(optim.SGD)(params, lr=lr, momentum=config.momentum, weight_decay=wd, **fast)
     if name == "nesterov":
-        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, nesterov=True, weight_decay=wd, **fast)
+        return eager(optim.SGD)(params, lr=lr, momentum=config.momentum, nesterov=True, weight_decay=wd, **fast)
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
+        return eager(optim.RMSprop)(params, lr=lr, weight_decay=wd)
     if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+        return eager(optim.Adagrad)(params, lr=lr, weight_decay=wd)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=config.betas, weight_decay=wd, **fast)
+        return eager(optim.Adam)(params, lr=lr, betas=config.betas, weight_decay=wd, **fast)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=config.betas, weight_decay=wd, **fast)
+        return eager(optim.AdamW)(params, lr=lr, betas=config.betas, weight_decay=wd, **fast)
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+# The Optimizer methods that PyTorch wraps in `torch._disable_dynamo`, which imports torch._dynamo
+# (2.6 s on a 2-core CPU) the first time one is called, to keep torch.compile out of them.
+_DYNAMO_DISABLED = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
+
+
+Opt = TypeVar("Opt", bound=torch.optim.Optimizer)
+
+
+def eager(cls: type[Opt]) -> Callable[..., Opt]:
+    """A constructor of `cls` whose optimizers run in eager mode without importing torch._dynamo.
+
+    Every torch.optim optimizer imports torch._dynamo (2.6 s on a 2-core CPU) on construction
+    (`add_param_group` is wrapped in `torch._disable_dynamo`, which imports it to keep
+    torch.compile out) and on its first `step` (`_use_grad_for_differentiable` imports it to
+    mark graph breaks). Neither wrapper does anything in eager mode: dynamo is off unless
+    something is being compiled. The optimizer built here is a plain `cls` whose instance
+    calls the same methods without those wrappers (their `__wrapped__` originals, and
+    `step` with PyTorch's own hooks and grad mode around it), so the update is the same
+    code, and the import is left to whoever compiles. Where a wrapper is not found (another
+    PyTorch), it is `cls` as it comes: the same numbers, the import paid.
+    """
+    base = torch.optim.Optimizer
+    originals = {name: getattr(getattr(base, name), "__wrapped__", None) for name in _DYNAMO_DISABLED}
+    raw_step = inspect.unwrap(cls.step)  # under `_use_grad_for_differentiable` (and the hooks, once patched in)
+    hooked = getattr(base, "profile_hook_step", None)
+    if raw_step is cls.step or hooked is None or any(f is None for f in originals.values()):
+        return cls
+
+    def step(self: torch.optim.Optimizer, closure: Any = None) -> Any:
+        # as `_use_grad_for_differentiable`, without its graph breaks (no-ops when not compiling)
+        previous = torch.is_grad_enabled()
+        try:
+            torch.set_grad_enabled(self.defaults["differentiable"])
+            return raw_step(self, closure)
+        finally:
+            torch.set_grad_enabled(previous)
+
+    methods = {**originals, "step": hooked(step)}
+
+    def build(*args: Any, **kwargs: Any) -> Opt:
+        optimizer = cls.__new__(cls)
+        for name, function in methods.items():  # the instance's own: found before the class's
+            setattr(optimizer, name, types.MethodType(function, optimizer))
+        optimizer.__init__(*args, **kwargs)  # type: ignore[misc]
+        return optimizer
+
+    return build
 
 
 class Schedule:

@@ -28,6 +28,7 @@ class Budget:
     epochs: int  # per trial, tuning and re-runs alike
     seeds: int = 0  # each re-run config is trained with seeds 1..seeds; 0: no re-runs
     pngs: bool = True  # PNG copies of the report's figures (about 2.5 s each); the HTML page is always written
+    cohort: int = 1  # trials trained together as one fused model, in every study of the group (StudySpec.cohort)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,42 @@ def prepare_mlflow_store(tracking_uri: str) -> None:
             _create_mlflow_store(path)
 
 
+def empty_store_template() -> Path:
+    """An empty SQLite MLflow store (tables only, no experiment: MLflow adds its Default one, with this
+    store's own paths, when it first opens a store), kept per MLflow version in tuner's cache."""
+    import mlflow.version
+
+    from trainables.cache import cache_dir
+
+    return cache_dir() / f"mlflow-{mlflow.version.VERSION}-empty-store.db"
+
+
+def _complete_template(template: Path) -> bool:
+    """Whether `template` is there and holds every table MLflow needs (a damaged one is made again)."""
+    import sqlite3
+
+    if not template.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"{template.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            experiments = db.execute("SELECT count(*) FROM experiments").fetchone()[0]
+    except sqlite3.Error:
+        return False
+    return _complete_mlflow_tables(tables) and experiments == 0
+
+
+def _keep_template(created: Path, template: Path) -> None:
+    """Copy a store just created, still empty, to `template`; a cache that cannot be written costs nothing."""
+    tmp = template.with_name(f"{template.name}.tmp-{os.getpid()}")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(created, tmp)
+        os.replace(tmp, template)  # whole or not at all: another process may be reading it
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
 def _tables(path: Path) -> set[str]:
     """The tables of the SQLite database at `path` (none when missing), set to write-ahead-log mode."""
     import sqlite3
@@ -190,9 +227,14 @@ def _create_mlflow_store(path: Path) -> None:
     for leftover in side_files:  # a crashed creation's: under the lock, none is in use
         leftover.unlink(missing_ok=True)
     engine = sqlalchemy.create_engine(f"sqlite:///{new}")
+    template = empty_store_template()
     try:
-        _initialize_tables(engine)  # in a rollback journal: the file is the whole store when the engine closes
-        engine.dispose()
+        if _complete_template(template):  # MLflow's empty tables, made before on this machine: a copy, not 3 s
+            shutil.copyfile(template, new)
+        else:
+            _initialize_tables(engine)  # in a rollback journal: the file is the whole store when the engine closes
+            engine.dispose()
+            _keep_template(new, template)
         with open(new, "rb+") as created:
             os.fsync(created.fileno())
         for stale in (

@@ -1,5 +1,8 @@
 """Setting up the local SQLite MLflow store (`prepare_mlflow_store`): real SQLite, real MLflow migrations.
 
+Each test has a cache of its own (no empty-store template yet), so that its first store is made
+by MLflow's migrations, the path where things can go wrong; the template's own test is last.
+
 A full disk is SQLite's own: `PRAGMA max_page_count` on each connection makes SQLite fail a
 write with "database or disk is full" once the database reaches that many pages, part way
 through MLflow's migrations.
@@ -24,7 +27,8 @@ from sqlalchemy.engine import Engine
 
 from tests.tuner.procs import REPO
 from tuner.errors import UserError
-from tuner.storage import NEW_SUFFIX, prepare_mlflow_store
+from trainables.cache import CACHE_ENV
+from tuner.storage import NEW_SUFFIX, empty_store_template, prepare_mlflow_store
 
 FULL_AT_PAGES = 60  # a complete store has some 230 pages: this is part way through its migrations
 LIMIT_PAGES = """
@@ -32,6 +36,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 event.listen(Engine, "connect", lambda connection, record: connection.execute("PRAGMA max_page_count={pages}"))
 """
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty cache: no template of an empty store, in this process and the ones it starts."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 def _env() -> dict[str, str]:
@@ -208,3 +219,28 @@ def test_an_older_mlflow_store_is_upgraded_by_mlflow_and_keeps_its_experiments(t
     assert client.get_experiment_by_name("old") is not None
     assert client.create_experiment("new") is not None
     head_revision(db)
+
+
+def test_a_new_store_after_the_first_is_a_copy_of_the_empty_template_and_a_damaged_one_is_made_again(
+    tmp_path: Path,
+) -> None:
+    """MLflow's migrations take some 3 s: the first store on a machine keeps an empty copy of itself,
+    which later new stores start from; MLflow then adds its Default experiment as it does to any new store."""
+    first, second, third = (tmp_path / name / "mlflow.db" for name in ("a", "b", "c"))
+    prepare_mlflow_store(f"sqlite:///{first}")
+    template = empty_store_template()
+    assert template.is_file()
+    template_bytes = template.read_bytes()
+    prepare_mlflow_store(f"sqlite:///{second}")
+    client = MlflowClient(f"sqlite:///{second}")
+    assert client.create_experiment("after") is not None
+    assert client.get_experiment("0").name == "Default"  # made by MLflow on opening the copy, as on a new store
+    head_revision(second)
+    assert template.read_bytes() == template_bytes  # the template itself stays empty
+
+    template.write_bytes(b"not a database")  # damaged: MLflow's migrations again, and a whole template
+    prepare_mlflow_store(f"sqlite:///{third}")
+    assert MlflowClient(f"sqlite:///{third}").create_experiment("after") is not None
+    head_revision(third)
+    with sqlite3.connect(template) as db:
+        assert db.execute("SELECT count(*) FROM experiments").fetchone()[0] == 0

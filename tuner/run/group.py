@@ -45,6 +45,7 @@ def run_group(group: StudyGroup, options: RunOptions) -> list[Any]:
                 sampler="random",  # every parameter is enqueued: nothing is sampled
                 pruner="none",
                 n_trials=1,
+                cohort=budget.cohort,
                 user_attrs={"kind": "seeds", "comparison": base, **attrs},
             ),
             group.trainable,
@@ -58,9 +59,11 @@ def run_group(group: StudyGroup, options: RunOptions) -> list[Any]:
 
     quiet_optuna()
     threads = torch.get_num_threads()
-    # One CPU thread unless told otherwise: MNIST-1D models gain little from more, and on a
-    # busy two-core machine two threads trained 40x slower than one (spinning workers).
-    torch.set_num_threads(options.threads or 1)
+    # One CPU thread per trial unless told otherwise: one MNIST-1D model gains little from more,
+    # and on a busy two-core machine two threads trained 40x slower than one (spinning workers).
+    # A fused cohort's batched products do use them (bench/RESULTS.md: 2.3x on two threads, 1.4x on one).
+    cohort = options.cohort or budget.cohort
+    torch.set_num_threads(options.threads or (threads if cohort > 1 and options.workers == 1 else 1))
     try:
         studies = [run_to_budget(spec, inner) for spec in specs]
         if seeds_spec is not None and group.reruns is not None:
