@@ -26,8 +26,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from tests.tuner.procs import REPO
-from tuner.errors import UserError
 from trainables.cache import CACHE_ENV
+from tuner.errors import UserError
 from tuner.storage import NEW_SUFFIX, empty_store_template, prepare_mlflow_store
 
 FULL_AT_PAGES = 60  # a complete store has some 230 pages: this is part way through its migrations
