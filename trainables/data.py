@@ -108,8 +108,11 @@ def mnist1d_arrays(args: dict[str, Any] | None = None) -> dict[str, Any]:
     import numpy as np
 
     args = dict(args or MNIST1D_ARGS)
-    path = mnist1d_cache_file(args)
-    arrays = _read_cached(path)
+    try:
+        path: Path | None = mnist1d_cache_file(args)
+    except (OSError, RuntimeError):  # no home folder to keep a cache in: generated, as without one
+        path = None
+    arrays = _read_cached(path) if path is not None else None
     if arrays is not None:
         return arrays
     from mnist1d.data import make_dataset
@@ -117,6 +120,8 @@ def mnist1d_arrays(args: dict[str, Any] | None = None) -> dict[str, Any]:
 
     data = make_dataset(ObjectView(args))  # generated locally; get_dataset would try the network
     arrays = {name: np.asarray(data[name]) for name in _ARRAYS}
+    if path is None:
+        return arrays
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,26 +154,30 @@ def _complete_template(template: Path) -> bool:
     """Whether `template` is there and holds every table MLflow needs (a damaged one is made again)."""
     import sqlite3
 
-    if not template.is_file():
-        return False
     try:
+        if not template.is_file():
+            return False
         with contextlib.closing(sqlite3.connect(f"{template.resolve().as_uri()}?mode=ro", uri=True)) as db:
             tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             experiments = db.execute("SELECT count(*) FROM experiments").fetchone()[0]
-    except sqlite3.Error:
+    except (OSError, sqlite3.Error):
         return False
     return _complete_mlflow_tables(tables) and experiments == 0
 
 
 def _keep_template(created: Path, template: Path) -> None:
     """Copy a store just created, still empty, to `template`; a cache that cannot be written costs nothing."""
-    tmp = template.with_name(f"{template.name}.tmp-{os.getpid()}")
+    tmp: Path | None = None
     try:
         template.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=template.parent, prefix=f".{template.name}.")  # unique across hosts
+        os.close(handle)
+        tmp = Path(name)
         shutil.copyfile(created, tmp)
         os.replace(tmp, template)  # whole or not at all: another process may be reading it
     except OSError:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def _tables(path: Path) -> set[str]:
@@ -227,14 +232,18 @@ def _create_mlflow_store(path: Path) -> None:
     for leftover in side_files:  # a crashed creation's: under the lock, none is in use
         leftover.unlink(missing_ok=True)
     engine = sqlalchemy.create_engine(f"sqlite:///{new}")
-    template = empty_store_template()
     try:
-        if _complete_template(template):  # MLflow's empty tables, made before on this machine: a copy, not 3 s
+        template = empty_store_template()
+    except (OSError, RuntimeError):  # no home folder to keep a cache in: MLflow's migrations, as always
+        template = None
+    try:
+        if template is not None and _complete_template(template):  # made before on this machine: a copy, not 3 s
             shutil.copyfile(template, new)
         else:
             _initialize_tables(engine)  # in a rollback journal: the file is the whole store when the engine closes
             engine.dispose()
-            _keep_template(new, template)
+            if template is not None:
+                _keep_template(new, template)
         with open(new, "rb+") as created:
             os.fsync(created.fileno())
         for stale in (

@@ -160,3 +160,13 @@ def test_cohorts_in_workers_and_an_interrupted_cohort_resumes(tmp_path: Path, fa
     assert resumed  # the interrupted members went on from their checkpoints
     for trial in complete:
         assert sorted(trial.intermediate_values)[-1] == 8
+
+
+def test_workers_asking_cohorts_keep_to_the_runs_budget(options: RunOptions) -> None:
+    """Two workers, cohorts of 4, a budget of 5: each member after the first is asked only while the
+    shared budget allows (at most one trial over when both ask at the same moment, as one by one)."""
+    spec = StudySpec(name="shared", space=SPACE, pruner="none", n_trials=5, cohort=4)
+    study = execute_study(spec, replace(options, workers=2))
+    trials = study.get_trials()
+    assert 5 <= len(trials) <= 6  # each worker asking a whole cohort of 4 made 8
+    assert all(t.state == TrialState.COMPLETE for t in trials)

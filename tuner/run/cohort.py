@@ -32,39 +32,103 @@ Callback = Callable[[Any, FrozenTrial], None]
 COHORT_ATTR = "cohort"  # trial user attribute: the numbers of the trials trained together with it, itself included
 
 
-def run_cohort(study: Any, runner: TrialRunner, size: int, callbacks: Sequence[Callback] = ()) -> int:
-    """Ask `size` trials and train them in cohorts of one shape; returns how many trials ended.
+def run_cohort(
+    study: Any,
+    runner: TrialRunner,
+    size: int,
+    callbacks: Sequence[Callback] = (),
+    may_start: Callable[[], bool] = lambda: True,
+) -> int:
+    """Ask up to `size` trials (each after the first only while `may_start()`: the run's budget, which
+    other workers share) and train them in cohorts of one shape; returns how many trials ended.
 
     On an interrupt every member still open is closed (KILLED, queued again to resume from its
     checkpoint) before the interrupt goes on: no trial is left running.
     """
-    fused = runner.fused
-    open_members: list[Member] = []
-    ended = 0
-    with contextlib.ExitStack() as heartbeats, _as_optimize(study):
+    members = _Members(study, runner, callbacks)
+    with _as_optimize(study):
         try:
-            for _ in range(size):
-                trial = study.ask()
-                beat: Any = get_heartbeat_thread(
-                    trial._trial_id, study._storage
-                )  # as study.optimize keeps one per trial
-                heartbeats.enter_context(beat)
-                if open_members:
-                    trial = _with_shape_of(study, trial, open_members[0], fused.shape_fields)
-                member = runner.member(trial)
-                open_members.append(member)
+            for number in range(size):
+                if number and not may_start():
+                    break
+                member = members.ask(first=members.open[0] if members.open else None)
                 try:
                     runner.begin(member)
                 except Exception as exc:
-                    _end(study, runner, member, exc, callbacks, open_members)
-                    ended += 1
-            for group in _groups(open_members, fused):
-                ended += _train(study, runner, group, callbacks, open_members)
+                    members.end(member, exc)
+            for group in _groups(members.open, runner.fused):
+                _train(members, group)
         except BaseException as exc:  # an interrupt, or a store that failed: no member stays RUNNING
-            for member in list(open_members):
-                _end(study, runner, member, exc, callbacks, open_members)
+            members.end_all(exc)
             raise
-    return ended
+        finally:
+            members.stop_heartbeats()
+    return members.ended
+
+
+class _Members:
+    """The trials of one `run_cohort`: asked with a heartbeat each (as `study.optimize` keeps one per
+    trial), then ended one by one, each told to Optuna once."""
+
+    def __init__(self, study: Any, runner: TrialRunner, callbacks: Sequence[Callback]) -> None:
+        self.study, self.runner, self.callbacks = study, runner, callbacks
+        self.open: list[Member] = []
+        self.ended = 0
+        self._beats: dict[int, Any] = {}  # trial number: its heartbeat thread, stopped when it ends
+
+    def ask(self, first: Member | None) -> Member:
+        trial = self.study.ask()
+        beat = get_heartbeat_thread(trial._trial_id, self.study._storage)
+        beat.__enter__()
+        self._beats[trial.number] = beat
+        if first is not None:
+            trial = _with_shape_of(self.study, trial, first, self.runner.fused.shape_fields)
+        member = self.runner.member(trial)
+        self.open.append(member)
+        return member
+
+    def end(self, member: Member, exc: BaseException) -> None:
+        """Close a member that stopped on `exc` (its records, as `TrialRunner.close` does) and tell Optuna."""
+        error = self.runner.close(member, exc)
+        if isinstance(error, TrialTakenOver):  # another worker failed it as stale: Optuna refuses any write
+            self.runner.taken_over.remove(member.trial.number)
+            logging.getLogger(__name__).warning(
+                "trial %d lost its heartbeat and was retried by another worker; going on", member.trial.number
+            )
+            self._forget(member)
+            return
+        state = TrialState.PRUNED if isinstance(error, optuna.TrialPruned) else TrialState.FAIL
+        self.tell(member, state=state)
+
+    def tell(self, member: Member, values: float | list[float] | None = None, state: TrialState | None = None) -> None:
+        try:
+            frozen = self.study.tell(member.trial, values, state=state, skip_if_finished=True)
+        finally:  # told, or the storage refused: its heartbeat stops, and a retry follows when it goes stale
+            self._forget(member)
+        for callback in self.callbacks:
+            callback(self.study, frozen)
+
+    def end_all(self, exc: BaseException) -> None:
+        for member in list(self.open):
+            try:
+                self.end(member, exc)
+            except Exception as failed:  # the store failing too: the others are still closed
+                logging.getLogger(__name__).warning(
+                    "trial %d could not be closed (%s); it is retried once its heartbeat stops",
+                    member.trial.number,
+                    failed,
+                )
+
+    def stop_heartbeats(self) -> None:
+        for number in list(self._beats):
+            self._beats.pop(number).__exit__(None, None, None)
+
+    def _forget(self, member: Member) -> None:
+        self.open.remove(member)
+        self.ended += 1
+        beat = self._beats.pop(member.trial.number, None)
+        if beat is not None:
+            beat.__exit__(None, None, None)
 
 
 @contextlib.contextmanager
@@ -99,40 +163,47 @@ def _groups(members: Sequence[Member], fused: Any) -> list[list[Member]]:
     return list(groups.values())
 
 
-def _train(
-    study: Any, runner: TrialRunner, group: list[Member], callbacks: Sequence[Callback], open_members: list[Member]
-) -> int:
-    """Train one group as a cohort to its last epoch; each member is reported, pruned and told on its own."""
+def _train(members: _Members, group: list[Member]) -> None:
+    """Train one group as a cohort to its last epoch; each member is reported, pruned and told on its own.
+
+    When the cohort itself fails (out of memory, a bad config), each of its members still open fails with it.
+    """
+    runner = members.runner
     try:
         cohort = runner.fused([m.config for m in group], [m.checkpoint for m in group], runner.checkpoint_every)
-        _mark(group)
-        for _ in range(cohort.start_epoch, cohort.epochs + 1):
-            if not cohort.active():
-                break
+    except Exception as exc:
+        for member in group:
+            members.end(member, exc)
+        return
+    _mark(group)
+    for _ in range(cohort.start_epoch, cohort.epochs + 1):
+        if not cohort.active():
+            return
+        try:
             with interrupts.raised():  # the training itself: Ctrl-C or SIGTERM stops it at once
                 results = cohort.train_epoch()
-            for index, result in results.items():
-                member = group[index]
-                try:
-                    if isinstance(result, BaseException):  # it diverged: it has left the cohort
-                        raise result
-                    runner.report(member, result)
-                except Exception as exc:  # pruned, diverged, a record that failed: this member alone ends
-                    if index in cohort.active():
-                        cohort.drop(index)
-                    _end(study, runner, member, exc, callbacks, open_members)
-        for index in cohort.active():
+        except Exception as exc:
+            for member in [m for m in group if m in members.open]:
+                members.end(member, exc)
+            return
+        for index, result in results.items():
             member = group[index]
             try:
-                values = runner.complete(member, cohort.model(index))
-            except Exception as exc:
-                _end(study, runner, member, exc, callbacks, open_members)
-                continue
-            _tell(study, member, callbacks, open_members, values=values)
-    except Exception as exc:  # the cohort itself failed (out of memory...): each member still open fails with it
-        for member in [m for m in group if m in open_members]:
-            _end(study, runner, member, exc, callbacks, open_members)
-    return len(group)
+                if isinstance(result, BaseException):  # it diverged: it has left the cohort
+                    raise result
+                runner.report(member, result)
+            except Exception as exc:  # pruned, diverged, a record that failed: this member alone ends
+                if index in cohort.active():
+                    cohort.drop(index)
+                members.end(member, exc)
+    for index in cohort.active():
+        member = group[index]
+        try:
+            values = runner.complete(member, cohort.model(index))
+        except Exception as exc:
+            members.end(member, exc)
+            continue
+        members.tell(member, values=values)
 
 
 def _mark(group: Sequence[Member]) -> None:
@@ -143,37 +214,3 @@ def _mark(group: Sequence[Member]) -> None:
             member.trial.set_user_attr(COHORT_ATTR, numbers)
         if member.run is not None:
             member.run.flush([("tuner.cohort", ",".join(map(str, numbers)))])
-
-
-def _end(
-    study: Any,
-    runner: TrialRunner,
-    member: Member,
-    exc: BaseException,
-    callbacks: Sequence[Callback],
-    open_members: list[Member],
-) -> None:
-    """Close a member that stopped on `exc` (its records, as `TrialRunner.close` does) and tell Optuna."""
-    error = runner.close(member, exc)
-    if isinstance(error, TrialTakenOver):  # another worker failed it as stale: Optuna refuses any write
-        open_members.remove(member)
-        logging.getLogger(__name__).warning(
-            "trial %d lost its heartbeat and was retried by another worker; going on", member.trial.number
-        )
-        return
-    state = TrialState.PRUNED if isinstance(error, optuna.TrialPruned) else TrialState.FAIL
-    _tell(study, member, callbacks, open_members, state=state)
-
-
-def _tell(
-    study: Any,
-    member: Member,
-    callbacks: Sequence[Callback],
-    open_members: list[Member],
-    values: float | list[float] | None = None,
-    state: TrialState | None = None,
-) -> None:
-    open_members.remove(member)
-    frozen = study.tell(member.trial, values, state=state, skip_if_finished=True)
-    for callback in callbacks:
-        callback(study, frozen)

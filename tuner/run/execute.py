@@ -128,7 +128,9 @@ def work(
                         left = trials_left(study, trials, objective.run_key)
                         size = objective.cohort if left is None else max(1, min(objective.cohort, left))
                         optuna.storages.fail_stale_trials(study)  # as study.optimize does before each trial
-                        ran += run_cohort(study, objective, size, callbacks) - 1
+                        # each member after the first only while the run's budget (shared with other workers) allows
+                        more = lambda: budget_left(study, study.get_trials(deepcopy=False), objective.run_key)  # noqa: E731
+                        ran += run_cohort(study, objective, size, callbacks, may_start=more) - 1
                     else:
                         study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=list(callbacks))
                 except Exception as exc:
