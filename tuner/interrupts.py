@@ -13,6 +13,7 @@ run checks at safe points (before each epoch, before each trial, while a launche
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,24 +61,24 @@ def clear() -> None:
     _pending = None
 
 
-@contextmanager
-def deferred() -> Iterator[None]:
+def deferred() -> contextlib.AbstractContextManager[None]:
     """Signals only record the interrupt here: trials are opened and closed whole, `check` raises it."""
-    global _deferring
-    outer, _deferring = _deferring, True
-    try:
-        yield
-    finally:
-        _deferring = outer
+    return _deferring_as(True)
 
 
 @contextmanager
 def raised() -> Iterator[None]:
     """Inside `deferred`: code that may be stopped at once (the trainable's epoch, a wait)."""
-    global _deferring
-    outer, _deferring = _deferring, False
-    try:
+    with _deferring_as(False):
         check()
+        yield
+
+
+@contextmanager
+def _deferring_as(value: bool) -> Iterator[None]:
+    global _deferring
+    outer, _deferring = _deferring, value
+    try:
         yield
     finally:
         _deferring = outer

@@ -1,11 +1,16 @@
-"""Assertions shared by the trainables tests."""
+"""Assertions and helpers shared by the trainables tests."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Generator
+from typing import TypeVar
 
 from trainables import EpochResult
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 TIMING_FIELDS = ("seconds", "samples_per_second")  # depend on the clock, not on the computation
 
@@ -25,3 +30,13 @@ def assert_finite(records: list[EpochResult]) -> None:
         assert 0.0 <= r.val_acc <= 1.0
         assert r.seconds > 0
         assert r.samples_per_second > 0
+
+
+def run_to_end(epochs: Generator[T, None, R]) -> tuple[list[T], R]:
+    """Every record a training generator yields, and what it returns (the trained model)."""
+    records = []
+    while True:
+        try:
+            records.append(next(epochs))
+        except StopIteration as done:
+            return records, done.value

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.trainables.helpers import run_to_end
 from trainables import Diverged, EpochResult, FileCheckpoint, TrainConfig, fit_splits, load_splits
 from trainables.cohort import Cohort, checkpoint_epoch, cohort_key
 from trainables.config import OPTIMIZERS, SCHEDULES
@@ -136,14 +137,7 @@ def test_batchnorm_and_other_models_train_as_solo(model: str, splits: Splits | N
     cohort = Cohort(configs, splits=splits)
     fused = run(cohort)
     for i, config in enumerate(configs):
-        solo_run = fit_splits(config, splits)
-        solo = []
-        while True:
-            try:
-                solo.append(next(solo_run))
-            except StopIteration as done:
-                solo_model = done.value
-                break
+        solo, solo_model = run_to_end(fit_splits(config, splits))
         assert_curves_close(curve(fused[i]), curve(solo), FP32_RTOL, f"{model}/{config.optimizer}")
         # the member as a solo module: weights and BatchNorm running statistics as solo's
         ours = cohort.model(i).state_dict()

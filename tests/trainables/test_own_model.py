@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from tests.trainables.helpers import run_to_end
 from trainables import fit_model
 
 
@@ -48,14 +49,7 @@ PARAMS = {"optimizer": "adam", "lr": 0.02, "epochs": 5, "batch_size": 32, "hidde
 
 
 def test_it_trains_the_users_model_and_returns_it() -> None:
-    epochs = fit_model(PARAMS, Net, train=blobs(0), val=blobs(1), test=blobs(2))
-    records = []
-    while True:
-        try:
-            records.append(next(epochs))
-        except StopIteration as stop:
-            model = stop.value
-            break
+    records, model = run_to_end(fit_model(PARAMS, Net, train=blobs(0), val=blobs(1), test=blobs(2)))
     assert len(records) == 5 and {"train_loss", "val_acc", "lr"} <= set(records[0])
     assert "test_acc" in records[-1] and "test_acc" not in records[0]
     assert records[-1]["val_acc"] > 0.85  # it learns: three separable blobs

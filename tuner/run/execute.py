@@ -34,7 +34,6 @@ from tuner.run.open import (
     open_tracking,
     prepare_study,
     quiet_optuna,
-    trials_left,
 )
 from tuner.run.plan import Plan, make_plan
 from tuner.run.pruning import CurvePruner
@@ -125,12 +124,12 @@ def work(
             if budget_left(study, trials, objective.run_key):
                 try:
                     if objective.fused is not None:
-                        left = trials_left(study, trials, objective.run_key)
-                        size = objective.cohort if left is None else max(1, min(objective.cohort, left))
                         optuna.storages.fail_stale_trials(study)  # as study.optimize does before each trial
-                        # each member after the first only while the run's budget (shared with other workers) allows
-                        more = lambda: budget_left(study, study.get_trials(deepcopy=False), objective.run_key)  # noqa: E731
-                        ran += run_cohort(study, objective, size, callbacks, may_start=more) - 1
+
+                        def more() -> bool:  # each member after the first: the run's budget, shared by its workers
+                            return budget_left(study, study.get_trials(deepcopy=False), objective.run_key)
+
+                        ran += run_cohort(study, objective, objective.cohort, callbacks, may_start=more) - 1
                     else:
                         study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=list(callbacks))
                 except Exception as exc:

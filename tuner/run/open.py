@@ -169,21 +169,6 @@ def budget_left(study: Any, trials: Sequence[FrozenTrial], run_key: str | None) 
     return counted_trials(trials, None if budget["in_all"] else run_key) < int(budget["n_trials"])
 
 
-def trials_left(study: Any, trials: Sequence[FrozenTrial], run_key: str | None) -> int | None:
-    """How many trials `run_key`'s run may still start (the queued ones, then new ones); None: no trial budget."""
-    from optuna.trial import TrialState
-
-    waiting = sum(t.state == TrialState.WAITING for t in trials)
-    budget = study.user_attrs.get(f"{RUN_BUDGET_PREFIX}{run_key}")
-    if budget is None:
-        total = study.user_attrs.get(BUDGET_ATTR)
-        return None if total is None else waiting + max(0, int(total) - counted_trials(trials))
-    if budget["n_trials"] is None:
-        return None
-    counted = counted_trials(trials, None if budget["in_all"] else run_key)
-    return waiting + max(0, int(budget["n_trials"]) - counted)
-
-
 def set_user_attrs(study: Any, attrs: Mapping[str, Any]) -> None:
     """Record the spec's study attributes (kind, ...), writing only those that changed."""
     for key, value in attrs.items():
