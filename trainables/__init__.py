@@ -22,7 +22,7 @@ if TYPE_CHECKING:
         ConfigError,
         TrainConfig,
     )
-    from trainables.data import load_splits
+    from trainables.data import describe_dataset, load_splits
     from trainables.datafiles import DatasetNotFound, check_dataset_files
     from trainables.loop import (
         CheckpointStore,
@@ -50,6 +50,7 @@ _EXPORTS = {
     "DatasetNotFound": "trainables.datafiles",
     "check_dataset_files": "trainables.datafiles",
     "load_splits": "trainables.data",
+    "describe_dataset": "trainables.data",
     "CheckpointStore": "trainables.loop",
     "Diverged": "trainables.loop",
     "FileCheckpoint": "trainables.loop",
@@ -81,6 +82,7 @@ __all__ = [  # spelled out, not sorted(_EXPORTS): linters read the public names 
     "check_dataset_files",
     "checkpoint_epoch",
     "cohort_key",
+    "describe_dataset",
     "fit",
     "fit_model",
     "fit_splits",

@@ -63,6 +63,8 @@ from trainables.loop import (
     FileCheckpoint,
     _sync,
     _to_device,
+    peak_memory_mb,
+    reset_peak_memory,
     resolve_device,
 )
 from trainables.models import _ResidualStage, build_model
@@ -147,6 +149,7 @@ class Cohort:
         self._autocast: Any = (
             (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
         )
+        reset_peak_memory(self.device)
         self._data = _to_device(splits, first.train_samples, self.device)
         self._input_shape, self._num_classes = splits.input_shape, splits.num_classes
         self._n_train = len(self._data["y_train"])
@@ -349,6 +352,7 @@ class Cohort:
         _sync(device)
         seconds = time.perf_counter() - started
         train_loss, train_acc = (loss_sum / self._n_train).tolist(), (correct.double() / self._n_train).tolist()
+        peak = peak_memory_mb(self.device)
         for row, m in enumerate(self._members):
             results[m.index] = EpochResult(
                 epoch=epoch,
@@ -362,6 +366,7 @@ class Cohort:
                 test_loss=test_loss[row],
                 test_acc=test_acc[row],
                 resumed=epoch == self.start_epoch and self.start_epoch > 1,
+                peak_memory_mb=peak,  # the cohort's: its members share the device
             )
         return results
 

@@ -56,6 +56,38 @@ def load_splits(dataset: str, data_dir: str, download: bool, val_fraction: float
     return Splits(x[train], y[train], x[val], y[val], x_test, y_test, num_classes)
 
 
+@functools.lru_cache(maxsize=8)
+def describe_dataset(dataset: str, data_dir: str, val_fraction: float, train_samples: int = 0) -> dict[str, Any]:
+    """What a run trained on, for experiment tracking: name, digest, source, schema and split sizes.
+
+    The digest is a hash of the arrays' shapes, their first and last rows and all labels, and
+    the split (as MLflow digests its own datasets: a sample, not every byte), so runs on the
+    same data share it and a different file, generation or split gets another. Loads the
+    arrays as a trial does (once per process).
+    """
+    x, y, x_test, y_test, num_classes = _load_arrays(dataset, str(Path(data_dir).resolve()), False)
+    n_val = max(1, round(len(x) * val_fraction))
+    n_train = len(x) - n_val if not train_samples else min(train_samples, len(x) - n_val)
+    digest = hashlib.sha256(
+        json.dumps([dataset, list(x.shape), list(x_test.shape), val_fraction, train_samples]).encode()
+    )
+    for array in (x[:1000], x[-1000:], y, x_test[:1000], y_test):
+        digest.update(array.contiguous().numpy().tobytes())
+    source: dict[str, Any] = (
+        {"generator": "mnist1d.data.make_dataset", "args": {k: v for k, v in MNIST1D_ARGS.items() if k != "url"}}
+        if dataset == "mnist1d"
+        else {"path": str(Path(data_dir).resolve())}
+    )
+    return {
+        "name": dataset,
+        "digest": digest.hexdigest()[:16],
+        "source_type": "code" if dataset == "mnist1d" else "local",
+        "source": source,
+        "schema": {"features": list(x.shape[1:]), "classes": num_classes},
+        "profile": {"train": n_train, "validation": n_val, "test": len(x_test)},
+    }
+
+
 @functools.lru_cache(maxsize=4)
 def _load_arrays(
     dataset: str, data_dir: str, download: bool

@@ -100,14 +100,35 @@ class EpochResult:
     test_loss: float | None = None
     test_acc: float | None = None
     resumed: bool = False  # True on the first epoch trained after resuming from a checkpoint
+    # the most memory the trial has held so far, in MiB: on CUDA the device's peak allocation since the
+    # trial started (a cohort's, for each member), on the CPU the process's peak resident size; None: unknown
+    peak_memory_mb: float | None = None
 
     def metrics(self) -> dict[str, float]:
         """The numeric metrics, without the epoch number and the flags."""
         names = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "samples_per_second")
         out = {name: float(getattr(self, name)) for name in names}
+        if self.peak_memory_mb is not None:
+            out["peak_memory_mb"] = float(self.peak_memory_mb)
         if self.test_acc is not None and self.test_loss is not None:
             out["test_loss"], out["test_acc"] = self.test_loss, self.test_acc
         return out
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """The peak memory of this trial so far (see EpochResult.peak_memory_mb)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -152,6 +173,7 @@ def fit_splits(
     store = FileCheckpoint(Path(checkpoint)) if isinstance(checkpoint, str | Path) else checkpoint
     device = resolve_device(config.device)
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    reset_peak_memory(device)
     data = _to_device(splits, config.train_samples, device)
     channels_last = device.type == "cuda" and data["x_train"].ndim == 4
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -236,6 +258,7 @@ def fit_splits(
             test_loss=test_loss,
             test_acc=test_acc,
             resumed=epoch == start_epoch and start_epoch > 1,
+            peak_memory_mb=peak_memory_mb(device),
         )
     return model
 

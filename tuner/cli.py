@@ -177,6 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("study", help="study name")
     add_storage_flags(best)
     best.add_argument("--model-out", metavar="PATH", help="write the best trial's trained model here (torch.save)")
+    best.add_argument(
+        "--register",
+        metavar="NAME",
+        help="register the best trial's model in the MLflow Model Registry at --tracking-uri as a new version of NAME",
+    )
+    best.add_argument(
+        "--trial",
+        type=int,
+        metavar="N",
+        help="trial N's kept model instead (needed to register from several objectives)",
+    )
 
     report = sub.add_parser("report", help="write the comparison report of studies (HTML page, PNGs, CSV, Markdown)")
     report.add_argument("study", nargs="+", help="study names; a NAME that is no study stands for all studies NAME.<x>")
@@ -270,7 +281,14 @@ def _run_command(args: argparse.Namespace) -> int:
     if args.command == "best":
         from tuner.results import print_best
 
-        return print_best(args.study, args.storage, model_out=args.model_out)
+        return print_best(
+            args.study,
+            args.storage,
+            model_out=args.model_out,
+            register=args.register,
+            tracking_uri=args.tracking_uri,
+            trial=args.trial,
+        )
     if args.command == "report":
         from tuner.report import write_report
 

@@ -22,6 +22,13 @@ trial: the writer logs one line per run that lost a write, and tags the run on i
 write that succeeds (`tuner.lost_writes`), so that `tuner.backfill` later restores what the
 Optuna study holds of it. The training result is the record that matters.
 
+A study's set-up (its experiment and parent run, `open_study`, with the store made first when
+it is new) is a write too, and always goes to the helper: the helper imports MLflow and opens
+the store while the first trial trains, so that neither is on the way to the first epoch. The
+experiment and the parent run are named by keys like a new run's; the writes of that store
+then stay on the helper, in order. If the set-up fails, one line says so and the store's
+writes count as lost, so that the study's next run restores them (`tuner.backfill`).
+
 The helper ignores SIGINT and SIGTERM (its parent handles them, syncs and closes the pipe)
 and stops at the end of its input, so it also applies what a parent killed by SIGKILL had
 sent.
@@ -30,7 +37,9 @@ sent.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
+import json
 import logging
 import os
 import pickle
@@ -51,10 +60,14 @@ _HEADER = struct.Struct("<I")  # the length of each pickled message
 _SYNC = "sync"
 _RUN_ID = "run_id"
 NEW_RUN = "new-run:"  # how the keys of runs created through the writer begin (MLflow's run ids are hex)
+NEW_EXPERIMENT = "new-experiment:"  # how the key of a study's experiment, opened through the writer, begins
 LOST_WRITES_TAG = "tuner.lost_writes"  # on a run: how many of its writes failed before this one
 
 
-RUN_OPS = ("create_run", "log_batch", "set_terminated", "log_texts", "log_dir")  # their first argument: the run
+RUN_OPS = ("create_run", "log_batch", "set_terminated", "log_texts", "log_dir", "log_inputs")  # first argument: the run
+# MLflow 3's UI opens an experiment in its GenAI views (traces, sessions) unless this tag says it holds model training
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+SYSTEM_METRICS_SECONDS = 5.0  # between samples of MLflow's system metrics (its own default: 10 s)
 
 
 def quiet_mlflow() -> None:
@@ -87,8 +100,7 @@ class RecordWriter:
     """
 
     def __init__(self, inline: bool | None = None) -> None:
-        mode = os.environ.get(MODE_ENV, "")
-        self.inline = {"inline": True, "process": False}.get(mode) if inline is None else inline
+        self._inline = inline
         self._helper: subprocess.Popen[bytes] | None = None
         self._clients: dict[str, MlflowClient] = {}
         self._choice: dict[str, bool] = {}  # tracking URI: helper or not, for the default mode
@@ -96,6 +108,42 @@ class RecordWriter:
         self._keys = itertools.count()
         self.lost: dict[str, int] = {}  # run key or id: how many of its writes failed (this process's)
         self._names: dict[str, str] = {}  # run key: the run's name, for messages
+        self._down: set[str] = set()  # tracking URIs whose study set-up failed: their writes count as lost
+        self._studies: set[str] = set()  # the keys of study parent runs: kept after the run ends
+        self._monitors: dict[str, Any] = {}  # run id: its SystemMetricsMonitor, on the process that applies writes
+
+    @property
+    def inline(self) -> bool | None:
+        """True: every write here; False: every write on the helper; None: as `uses_helper` decides per store.
+        TUNER_RECORD_WRITER is read each time, unless the writer was made with a mode or gave up on its helper."""
+        if self._inline is not None:
+            return self._inline
+        return {"inline": True, "process": False}.get(os.environ.get(MODE_ENV, ""))
+
+    def open_study(
+        self,
+        tracking_uri: str,
+        experiment_name: str,
+        study_name: str,
+        parent_run_id: str | None,
+        artifact_root: str | None,
+        params: list[tuple[str, str]],
+        space: dict[str, Any],
+        tags: dict[str, str],
+    ) -> tuple[str, str]:
+        """Open the study's experiment (`experiment_name`: created if new, restored if deleted; that of
+        `parent_run_id` when the parent run exists) and its parent run (`parent_run_id` set RUNNING again, or
+        a new one named `study_name` with `params`, `tags` and the search space); returns their keys, for
+        `run_id` and as the experiment and parent of the runs the writer creates. It is applied on the helper
+        when one may be used, and then so are the store's later writes."""
+        count = next(self._keys)
+        experiment, parent = f"{NEW_EXPERIMENT}{os.getpid()}-{count}", f"{NEW_RUN}{os.getpid()}-{count}"
+        self._names[parent] = f"study {study_name}"
+        if self.inline is None:
+            self._choice[tracking_uri] = True  # the set-up and, to keep them in order, the writes after it
+        args = (experiment, parent, experiment_name, study_name, parent_run_id, artifact_root, params, space, tags)
+        self.write(tracking_uri, "open_study", *args)
+        return experiment, parent
 
     def uses_helper(self, tracking_uri: str) -> bool:
         if self.inline is not None:
@@ -128,6 +176,11 @@ class RecordWriter:
             return None
 
     def write(self, tracking_uri: str, op: str, *args: Any) -> None:
+        if tracking_uri in self._down:  # its set-up failed, and said so in a line: what the runs lack is counted
+            run = args[0] if op in RUN_OPS and args else None
+            if run is not None:
+                self.lost[run] = self.lost.get(run, 0) + 1
+            return
         if self.uses_helper(tracking_uri):
             try:
                 self._send(tracking_uri, op, args)
@@ -152,6 +205,9 @@ class RecordWriter:
         if op == "create_run" and run is not None:
             self._names[run] = args[2]
         what = f"run {self._names.get(run, run)!r}" if run else f"a {op}"
+        if op == "open_study":  # no experiment and parent run: the store's other writes are counted, not said
+            self._down.add(tracking_uri)
+            what = f"study {args[2]!r}: its experiment and parent run could not be opened, so none of its runs"
         logging.getLogger(__name__).warning(
             "tuner: MLflow at %s could not record %s (%s: %s); the study goes on, and its next run "
             "restores the record from the Optuna study",
@@ -171,7 +227,8 @@ class RecordWriter:
             self._give_up(f"it stopped before applying every write ({exc}); see its errors above")
 
     def close(self) -> None:
-        """Apply what is pending and stop the helper."""
+        """Apply what is pending and stop the helper (and any system-metrics monitor)."""
+        self._unwatch_system()
         if self._helper is None:
             return
         helper, self._helper = self._helper, None
@@ -186,9 +243,12 @@ class RecordWriter:
         """Perform one write. Messages carry plain data; the MLflow entities are built here."""
         from mlflow.entities import Metric, Param, RunTag
 
-        if op == "create_run":  # key, experiment id, run name, {tag: value}, start time (ms)
-            key, experiment_id, run_name, tags, start_time = args
-            run = client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name)
+        if op == "create_run":  # key, experiment (id or key), run name, {tag: value}, start time (ms)
+            key, experiment, run_name, tags, start_time = args
+            parent = tags.get("mlflow.parentRunId")
+            if parent is not None:  # the study's parent run, by its key when the writer opened it
+                tags = {**tags, "mlflow.parentRunId": self._run_id(parent)}
+            run = client.create_run(self._run_id(experiment), start_time=start_time, tags=tags, run_name=run_name)
             self._runs[key] = (run.info.run_id, run.info.artifact_uri)
             self._names[key] = run_name  # the helper's messages name it too
         elif op == "log_batch":  # run, [(key, value, timestamp, step)], [(key, value)], [(key, value)]
@@ -204,8 +264,9 @@ class RecordWriter:
         elif op == "set_terminated":  # run, status
             run, status = args
             client.set_terminated(self._run_id(run), status)
-            self._runs.pop(run, None)
-            self._names.pop(run, None)
+            if not run.startswith(NEW_RUN) or run not in self._studies:  # a study's parent run is written to after
+                self._runs.pop(run, None)
+                self._names.pop(run, None)
         elif op == "log_texts":  # run, {file name: text}: straight to the run's artifact location
             from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
@@ -221,16 +282,73 @@ class RecordWriter:
             run, folder, artifact_path = args
             repository = get_artifact_repository(self._artifact_uri(client, run), tracking_uri=client.tracking_uri)
             repository.log_artifacts(folder, artifact_path)
-        elif op == "connect":  # nothing to write: the client, and with it the store, now exists
-            pass
+        elif op == "open_study":
+            experiment, parent, experiment_name, name, parent_run_id, artifact_root, params, space, tags = args
+            if parent_run_id:  # a study from before groups shared an experiment keeps its own
+                experiment_id = str(client.get_run(parent_run_id).info.experiment_id)
+            else:
+                experiment_id = _open_experiment(client, experiment_name, artifact_root)
+            if client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:
+                client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+            self._runs[experiment] = (experiment_id, "")
+            self._runs[parent] = _open_parent_run(client, experiment_id, name, parent_run_id, params, space, tags)
+            self._studies.add(parent)
+            self._names[parent] = f"study {name}"
+        elif op == "watch_system":  # run, node id: MLflow's system metrics of this machine, until unwatched
+            run, node = args
+            self._watch_system(client, self._run_id(run), node)
+        elif op == "unwatch_system":  # run
+            self._unwatch_system(self._run_id(args[0]))
+        elif op == "log_inputs":  # run, {name, digest, source, source_type, schema, profile, context}
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+
+            run, record = args
+            dataset = Dataset(
+                name=record["name"],
+                digest=record["digest"],
+                source_type=record["source_type"],
+                source=json.dumps(record["source"]),
+                schema=json.dumps(record.get("schema", {})),
+                profile=json.dumps(record.get("profile", {})),
+            )
+            tags = [InputTag("mlflow.data.context", record.get("context", "training"))]
+            client.log_inputs(self._run_id(run), datasets=[DatasetInput(dataset, tags=tags)])
         else:
             raise ValueError(f"unknown MLflow write {op!r}")
 
+    def _watch_system(self, client: MlflowClient, run_id: str, node: str) -> None:
+        """Start MLflow's system-metrics monitor on `run_id` (a thread of this process), as node `node`."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        if run_id in self._monitors:
+            return
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)  # its per-start notes
+        monitor = SystemMetricsMonitor(
+            run_id,
+            sampling_interval=SYSTEM_METRICS_SECONDS,
+            resume_logging=True,  # a resumed study's parent run goes on from its last step
+            node_id=node,
+            tracking_uri=client.tracking_uri,
+        )
+        monitor.start()
+        self._monitors[run_id] = monitor
+
+    def _unwatch_system(self, run_id: str | None = None) -> None:
+        """Stop the monitor of `run_id` (every monitor: None), writing what it has sampled."""
+        for watched in [run_id] if run_id is not None else list(self._monitors):
+            monitor = self._monitors.pop(watched, None)
+            if monitor is not None:
+                monitor.finish()
+                with contextlib.suppress(Exception):  # the run's last sample: a study shorter than an interval has one
+                    monitor.collect_metrics()
+                    monitor.publish_metrics(monitor.aggregate_metrics())
+                    monitor.mlflow_logger.flush()
+
     def _run_id(self, run: str) -> str:
-        """The MLflow id of a run named by its key or by that id."""
+        """The MLflow id of a run (or of a study's experiment) named by its key or by that id."""
         if run in self._runs:
             return self._runs[run][0]
-        if run.startswith(NEW_RUN):
+        if run.startswith((NEW_RUN, NEW_EXPERIMENT)):
             raise RunLost(f"MLflow run {run} was not created: its creation failed or its writer process died")
         return run
 
@@ -259,7 +377,7 @@ class RecordWriter:
 
     def _give_up(self, why: str) -> None:
         logging.getLogger(__name__).warning("tuner: the MLflow writer process failed: %s; writing inline", why)
-        self.inline = True
+        self._inline = True
         if self._helper is not None:
             self._helper.kill()
             self._helper.wait()
@@ -268,9 +386,51 @@ class RecordWriter:
     def _client(self, tracking_uri: str) -> MlflowClient:
         from mlflow import MlflowClient
 
+        from tuner.storage import prepare_mlflow_store
+
         if tracking_uri not in self._clients:
+            prepare_mlflow_store(tracking_uri)  # a new SQLite store is created whole, by one process
             self._clients[tracking_uri] = MlflowClient(tracking_uri)
         return self._clients[tracking_uri]
+
+
+def _open_experiment(client: MlflowClient, name: str, artifact_root: str | None) -> str:
+    """The id of the experiment named `name`: created if new, restored if it was deleted."""
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        if existing.lifecycle_stage == "deleted":
+            client.restore_experiment(existing.experiment_id)
+        return str(existing.experiment_id)
+    try:
+        return str(client.create_experiment(name, artifact_location=artifact_root))
+    except Exception:  # another worker created it first
+        existing = client.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        return str(existing.experiment_id)
+
+
+def _open_parent_run(
+    client: MlflowClient,
+    experiment_id: str,
+    name: str,
+    run_id: str | None,
+    params: list[tuple[str, str]],
+    space: dict[str, Any],
+    tags: dict[str, str],
+) -> tuple[str, str]:
+    """(id, artifact URI) of the study's parent run: `run_id` RUNNING again, or a new run."""
+    from mlflow.entities import Param
+
+    if run_id:
+        run = client.get_run(run_id)
+        if run.info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        return run_id, str(run.info.artifact_uri)
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params])
+    client.log_dict(run.info.run_id, space, "search_space.json")
+    return str(run.info.run_id), str(run.info.artifact_uri)
 
 
 def _start_helper() -> subprocess.Popen[bytes]:
@@ -317,6 +477,7 @@ def serve(messages: IO[bytes], replies: IO[bytes]) -> None:
             continue
         local.write(tracking_uri, op, *args)  # a lost write is one line on stderr, and the others go on
         freeze_heap()  # once, with MLflow loaded by the first write: no full collection stalls a trial's writes
+    local.close()  # the monitors' last samples
 
 
 def main() -> None:
@@ -326,7 +487,10 @@ def main() -> None:
     os.dup2(2, 1)  # anything printed goes to stderr, not into the replies
     from tuner.heap import collections_held
 
-    with collections_held():  # MLflow loads with the first write, after which serve freezes the heap
+    with collections_held():  # MLflow loads now, before the first write; serve then freezes the heap
+        import mlflow.entities  # noqa: F401  (while the parent imports torch: the writes find it ready)
+        from mlflow import MlflowClient  # noqa: F401
+
         serve(sys.stdin.buffer, replies)
 
 

@@ -21,11 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from tuner.errors import UserError
 from tuner.locations import check_storage_url, check_tracking_uri, default_artifact_root, redact, storage_kind
 
 HOST = "127.0.0.1"
+# MLflow 3's UI opens in its GenAI views (traces, sessions) unless the browser chose otherwise: ask for the
+# model-training ones (runs, charts, models), which its sidebar toggle also offers
+TRAINING_VIEWS = "workflowType=machine_learning"
 START_SECONDS = 180.0  # mlflow server answers after about 10 s on two idle cores; far later on busy ones
 STOP_SECONDS = 10.0  # after SIGTERM, before SIGKILL
 
@@ -175,15 +179,26 @@ def runs_page(tracking_uri: str, base_url: str, study: str | None = None) -> str
     quiet_mlflow()
     client = MlflowClient(tracking_uri)
     if study is not None:
-        experiment = client.get_experiment_by_name(study)
+        experiment = client.get_experiment_by_name(study) or _experiment_of_study(client, study)
         if experiment is None:
-            raise UserError(f"--study {study}: no MLflow experiment of that name in {redact(tracking_uri)}")
+            raise UserError(f"--study {study}: no MLflow experiment or study of that name in {redact(tracking_uri)}")
     else:
         newest = [e for e in client.search_experiments(order_by=["creation_time DESC"]) if e.name != "Default"]
         if not newest:
             return f"{base_url}/#/experiments"
         experiment = newest[0]
-    return f"{base_url}/#/experiments/{experiment.experiment_id}/runs"
+    return f"{base_url}/#/experiments/{experiment.experiment_id}/runs?{TRAINING_VIEWS}"
+
+
+def _experiment_of_study(client: Any, study: str) -> Any:
+    """The experiment holding the parent run of `study` (a study group's studies share the group's experiment)."""
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = (
+        client.search_runs(ids, f"tags.`tuner.role` = 'study' and tags.`mlflow.runName` = '{study}'", max_results=1)
+        if ids and "'" not in study
+        else []
+    )
+    return client.get_experiment(runs[0].info.experiment_id) if runs else None
 
 
 class _Terminated(Exception):

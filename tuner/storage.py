@@ -112,6 +112,17 @@ def check_writable(path: Path, where: str) -> None:
             )
 
 
+def check_mlflow_store(tracking_uri: str) -> None:
+    """What can be told of a local SQLite MLflow store without MLflow (which takes seconds to import): a
+    UserError when it cannot be written, is no database or was left half set up; other URIs pass."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    check_writable(path, f"--tracking-uri {tracking_uri}")
+    if any(name.startswith("_alembic_tmp_") for name in _tables(path)):
+        raise _half_set_up(path, "a migration step was cut short")
+
+
 def prepare_mlflow_store(tracking_uri: str) -> None:
     """Check a local SQLite MLflow store, or create a new one whole; other URIs are MLflow's own.
 

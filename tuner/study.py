@@ -90,6 +90,9 @@ class StudySpec:
     # faster for small models. Only a trainable with a fused form (the built-in one) fuses; any
     # other runs its trials one by one.
     cohort: int = 1
+    # The MLflow experiment its runs go in (one parent run for the study, its trials nested under it);
+    # None: one named after the study. A study group's studies share the group's (`tuner.run.group`).
+    experiment: str | None = None
 
     def with_options(self, options: RunOptions) -> StudySpec:
         """The spec with the CLI's overrides applied."""
@@ -161,6 +164,8 @@ class StudySpec:
         check_timeout(self.timeout)
         if isinstance(self.cohort, bool) or not isinstance(self.cohort, int) or self.cohort < 1:
             raise UserError(f"--cohort {self.cohort}: give 1 (one trial at a time) or more trials to train together")
+        if self.experiment is not None and (not isinstance(self.experiment, str) or not self.experiment.strip()):
+            raise UserError(f"experiment {self.experiment!r} is invalid: give an MLflow experiment name, or None")
         if self.n_trials is None and self.timeout is None:
             raise UserError("the study has no budget: give --n-trials or --timeout")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
@@ -211,6 +216,10 @@ class StudySpec:
 
     def describe_space(self) -> dict[str, Any]:
         return describe(self.space)
+
+    def fixed_values(self) -> dict[str, Any]:
+        """The space's fixed entries (what defines an arm of a comparison: its optimizer, model, dataset...)."""
+        return {k: v for k, v in self.space.items() if isinstance(v, str | int | float | bool)}
 
 
 def check_metrics(metric: Any, direction: Any, takes_config: bool) -> None:

@@ -14,6 +14,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import os
+import socket
 import subprocess
 import time
 import traceback as traceback_module
@@ -23,11 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.locations import default_artifact_root, redact
 from tuner.record_writer import RecordWriter, quiet_mlflow, writer
-from tuner.storage import prepare_mlflow_store
+from tuner.storage import check_mlflow_store
 
 if TYPE_CHECKING:
     import optuna
     from mlflow import MlflowClient
+    from optuna.trial import FrozenTrial
 
     from trainables import TrainConfig
 
@@ -38,54 +42,90 @@ MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED",
 
 
 class StudyTracking:
-    """The MLflow side of one study."""
+    """The MLflow side of one study.
 
-    def __init__(self, tracking_uri: str, study: optuna.Study, settings: dict[str, Any], space: dict[str, Any]) -> None:
-        from mlflow import MlflowClient
+    Its experiment and parent run are opened by the process's `RecordWriter` (on its helper,
+    while the first trial trains): `experiment_id` and `parent_run_id` wait for them the first
+    time they are asked for; the trial runs name them by key until then. A new parent run's id
+    is put in the study (`PARENT_RUN_ATTR`, where other workers find it) by `settle`: after the
+    first trial, or before workers start.
+    """
 
+    def __init__(
+        self,
+        tracking_uri: str,
+        study: optuna.Study,
+        settings: dict[str, Any],
+        space: dict[str, Any],
+        experiment: str | None = None,
+    ) -> None:
+        """`settings`: the parent run's params; `experiment`: its experiment's name (default: the study's)."""
         quiet_mlflow()
         self.tracking_uri = tracking_uri
-        prepare_mlflow_store(tracking_uri)  # a new SQLite store is created whole, by one process
-        self.client: MlflowClient = MlflowClient(tracking_uri)
+        self.study_name = study.study_name
+        self._study = study
+        check_mlflow_store(tracking_uri)  # a store that cannot be used is one line, before any trial
         self.writer: RecordWriter = writer()
-        self.writer.write(tracking_uri, "connect")  # the writer opens the store while we set up here
-        self.experiment_id = self._experiment(study.study_name)
-        self.parent_run_id = self._parent_run(study, settings, space)
-        self.writer.name_run(self.parent_run_id, f"study {study.study_name}")
+        parent = study.user_attrs.get(PARENT_RUN_ATTR)
+        params = [(k, redact(str(v))) for k, v in settings.items()]
+        tags = {"tuner.role": "study", "tuner.study": study.study_name, **environment_tags()}
+        root = default_artifact_root(tracking_uri)
+        name = experiment or study.study_name
+        self._experiment, self._parent = self.writer.open_study(
+            tracking_uri, name, study.study_name, parent, root, params, space, tags
+        )
+        # CPU, memory (and GPU) of this machine on the parent run, under this process's node id: workers on
+        # several machines (or several on one) each log their own series
+        self.writer.write(tracking_uri, "watch_system", self._parent, f"{socket.gethostname()}-{os.getpid()}")
+        self._ids: dict[str, str] = {} if parent is None else {self._parent: str(parent)}
+        self._client: MlflowClient | None = None
         self._best_number: int | None = None
         self._front: list[int] = []
-        self.sync()  # the writer is ready before the first trial: its start-up is set-up, not trial time
+        self._settled = parent is not None
 
-    def _experiment(self, name: str) -> str:
-        existing = self.client.get_experiment_by_name(name)
-        if existing is not None:
-            if existing.lifecycle_stage == "deleted":
-                self.client.restore_experiment(existing.experiment_id)
-            return str(existing.experiment_id)
+    @property
+    def client(self) -> MlflowClient:
+        """A client of the store, for reading it (made when first needed: MLflow takes seconds to import)."""
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self.sync()  # the writer has made the store, if it is new
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    @property
+    def experiment_id(self) -> str:
+        return self._resolve(self._experiment)
+
+    @property
+    def parent_run_id(self) -> str:
+        return self._resolve(self._parent)
+
+    def _resolve(self, key: str) -> str:
+        if key not in self._ids:
+            found = self.writer.run_id(self.tracking_uri, key)
+            if found is None:
+                raise RuntimeError(
+                    f"the MLflow experiment and parent run of this study could not be opened at "
+                    f"{redact(self.tracking_uri)}; see the line above"
+                )
+            self._ids[key] = found
+        return self._ids[key]
+
+    def settle(self) -> None:
+        """Put the parent run's id in the study, where other workers, later runs and the report find it (once);
+        waits for the writer to have opened it."""
+        if self._settled:
+            return
+        self._settled = True
         try:
-            return str(self.client.create_experiment(name, artifact_location=default_artifact_root(self.tracking_uri)))
-        except Exception:  # another worker created it first
-            existing = self.client.get_experiment_by_name(name)
-            if existing is None:
-                raise
-            return str(existing.experiment_id)
-
-    def _parent_run(self, study: optuna.Study, settings: dict[str, Any], space: dict[str, Any]) -> str:
-        run_id = study.user_attrs.get(PARENT_RUN_ATTR)
-        if run_id:
-            if self.client.get_run(run_id).info.status != "RUNNING":
-                self.client.update_run(run_id, status="RUNNING")
-            return str(run_id)
-        run = self.client.create_run(
-            self.experiment_id, run_name=study.study_name, tags={"tuner.role": "study", **environment_tags()}
-        )
-        from mlflow.entities import Param
-
-        params = [Param(k, redact(str(v))) for k, v in settings.items()]
-        self.client.log_batch(run.info.run_id, params=params)
-        self.client.log_dict(run.info.run_id, space, "search_space.json")
-        study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
-        return str(run.info.run_id)
+            run_id = self.parent_run_id
+        except RuntimeError:  # not opened: the line was said; the study's next run opens it again
+            return
+        try:
+            self._study.set_user_attr(PARENT_RUN_ATTR, run_id)
+        except Exception:  # the study's storage failed (a full disk): the caller says so; a later sync tries again
+            self._settled = False
 
     def start_trial(
         self,
@@ -106,7 +146,7 @@ class StudyTracking:
         attempt's trial number (`tuner.attempt_of_trial`).
         """
         tags = {
-            "mlflow.parentRunId": self.parent_run_id,
+            "mlflow.parentRunId": self._parent,  # by its key: the writer knows its id
             "tuner.role": "trial",
             "optuna.trial_number": str(trial_number),
             "optuna.sampled_params": ",".join(sorted(params)),
@@ -118,7 +158,7 @@ class StudyTracking:
         if worker is not None:
             tags["tuner.worker"] = worker
         tags["optuna.state"] = "RUNNING"
-        run = self.writer.create_run(self.tracking_uri, self.experiment_id, f"trial {trial_number}", tags)
+        run = self.writer.create_run(self.tracking_uri, self._experiment, f"trial {trial_number}", tags)
         if isinstance(config, Mapping):
             logged, record, columns = dict(config), dict(config), []
         else:
@@ -126,41 +166,52 @@ class StudyTracking:
         param_list = [(k, redact(str(v))[:6000]) for k, v in sorted(logged.items())]
         return TrialRun(self.writer, self.tracking_uri, run, record, param_list, columns)
 
-    def record_best(self, study: optuna.Study) -> None:
-        """Put the best value and params on the parent run when the best trial changed."""
+    def record_best(self, study: optuna.Study, trial: FrozenTrial | None = None) -> None:
+        """After a trial (`trial`, when one just ended): the study-level curves on the parent run, one point per
+        trial number (the trial's value and epochs, the best value so far), and the best trial's params as tags
+        when it changed. Settles the parent run first (`settle`)."""
+        self.settle()
+        now = int(time.time() * 1000)
+        metrics: list[tuple[str, float, int, int]] = []
+        tags: list[tuple[str, str]] = []
+        if trial is not None:
+            epochs = len(trial.intermediate_values) or int(trial.user_attrs.get("pruned_at_epoch", 0))
+            metrics.append(("trial_epochs", float(epochs), now, trial.number))
+            if trial.values is not None and len(trial.values) == 1 and math.isfinite(trial.values[0]):
+                metrics.append(("trial_value", float(trial.values[0]), now, trial.number))
         if len(study.directions) > 1:  # no single best: the parent run lists the Pareto front
             front = sorted(t.number for t in study.best_trials)
             if front != self._front:
                 self._front = front
-                self.writer.write(
-                    self.tracking_uri,
-                    "log_batch",
-                    self.parent_run_id,
-                    [],
-                    [],
-                    [("best.pareto_trials", json.dumps(front))],
-                )
-            return
-        try:
-            best = study.best_trial
-        except ValueError:  # no completed trial yet
-            return
-        if best.number == self._best_number or best.value is None:
-            return
-        self._best_number = best.number
-        now = int(time.time() * 1000)
-        tags = [("best.trial_number", str(best.number)), ("best.params", json.dumps(best.params))]
-        tags += [(f"best.{k}", str(v)) for k, v in best.params.items()]
-        metrics = [("best_value", float(best.value), now, best.number)]
-        self.writer.write(self.tracking_uri, "log_batch", self.parent_run_id, metrics, [], tags)
+                tags.append(("best.pareto_trials", json.dumps(front)))
+        else:
+            try:
+                best: FrozenTrial | None = study.best_trial
+            except ValueError:  # no completed trial yet
+                best = None
+            if best is not None and best.value is not None:
+                step = trial.number if trial is not None else best.number
+                metrics.append(("best_value", float(best.value), now, step))  # a step curve over trial numbers
+                if best.number != self._best_number:
+                    self._best_number = best.number
+                    tags += [("best.trial_number", str(best.number)), ("best.params", json.dumps(best.params))]
+                    tags += [(f"best.{k}", str(v)) for k, v in best.params.items()]
+        if metrics or tags:
+            self.writer.write(self.tracking_uri, "log_batch", self._parent, metrics, [], tags)
 
     def sync(self) -> None:
-        """Wait until every record sent so far is written."""
+        """Wait until every record sent so far is written (the parent run's id, in the study, among them)."""
         self.writer.sync()
+        self.settle()
 
     def finish_study(self, status: str = "FINISHED") -> None:
-        self.sync()  # the trials' runs are closed before the parent run
-        self.client.set_terminated(self.parent_run_id, status=status)
+        """End the parent run, after the trials' runs (the writer applies writes in order); raises if that failed."""
+        failed = self.writer.lost.get(self._parent, 0)
+        self.writer.write(self.tracking_uri, "unwatch_system", self._parent)
+        self.writer.write(self.tracking_uri, "set_terminated", self._parent, status)
+        self.sync()
+        if self.writer.lost.get(self._parent, 0) > failed:
+            raise RuntimeError("the parent run's end could not be written; see the line above")
 
     def close_dead_attempt(self, trial_number: int, run_id: str | None, reason: str) -> str | None:
         """Mark the run of a trial whose worker died FAILED with `reason`; returns its run id.
@@ -242,6 +293,10 @@ class TrialRun:
         elif time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 
+    def log_dataset(self, dataset: Mapping[str, Any]) -> None:
+        """The dataset the trial trains on (name, digest, source, sizes), in the run's Datasets (MLflow's `log_inputs`)."""
+        self.writer.write(self.tracking_uri, "log_inputs", self.run, dict(dataset))
+
     def flush(self, tags: list[tuple[str, str]] | None = None) -> None:
         if self._pending or self._params or tags:
             self.writer.write(self.tracking_uri, "log_batch", self.run, self._pending, self._params, tags or [])
@@ -261,6 +316,8 @@ class TrialRun:
         `files_dir`: a folder of the trial's own files, logged as artifacts when it holds any.
         """
         tags = [("optuna.state", state), ("tuner.epochs", str(len(self.history))), *(tags or [])]
+        if self.history:  # as a metric too, so that the UI's charts can plot it
+            self._pending.append(("epochs_run", float(len(self.history)), int(time.time() * 1000), self.history[-1][0]))
         if reason:
             tags.append(("tuner.reason", redact(reason)[:5000]))
         if state == "PRUNED" and self.history:
@@ -281,6 +338,7 @@ class TrialRun:
 
 # the built-in trainable's metrics, in the columns of its history.csv (test metrics on the last epoch only)
 BUILTIN_COLUMNS = ["train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "samples_per_second"]
+BUILTIN_COLUMNS += ["peak_memory_mb"]
 BUILTIN_COLUMNS += ["test_loss", "test_acc"]
 
 

@@ -12,7 +12,8 @@ from trainables import EpochResult
 T = TypeVar("T")
 R = TypeVar("R")
 
-TIMING_FIELDS = ("seconds", "samples_per_second")  # depend on the clock, not on the computation
+# depend on the clock and the process (its peak memory so far), not on the computation
+TIMING_FIELDS = ("seconds", "samples_per_second", "peak_memory_mb")
 
 
 def computed(record: EpochResult) -> dict[str, object]:

@@ -29,8 +29,10 @@ def test_one_record_per_epoch_with_test_metrics_on_the_last_only(tiny: TrainConf
     last = records[-1].metrics()
     assert set(last) == {
         "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "samples_per_second", "test_loss", "test_acc",
+        "peak_memory_mb",
     }  # fmt: skip
     assert "test_acc" not in records[0].metrics()
+    assert all(r.peak_memory_mb is not None and r.peak_memory_mb > 10 for r in records)  # MiB: a process holds more
 
 
 def test_same_seed_gives_identical_metrics(tiny: TrainConfig) -> None:

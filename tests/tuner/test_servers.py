@@ -27,7 +27,7 @@ from tests.browser import CHROMIUM, needs_chromium
 from tests.tuner.fakes import curve_fit
 from tuner.errors import UserError
 from tuner.run.execute import execute_study
-from tuner.servers import HOST, check_port, start_dashboard, start_mlflow
+from tuner.servers import HOST, TRAINING_VIEWS, check_port, start_dashboard, start_mlflow
 from tuner.space import Float
 from tuner.study import RunOptions, StudySpec
 from tuner.tracking import PARENT_RUN_ATTR
@@ -252,7 +252,7 @@ def test_tuner_ui_serves_the_study_to_a_browser_and_stops_on_sigterm(store: Stor
     p = start_cli(cli, "ui", "--port", str(port), "--tracking-uri", store.options.tracking_uri)
     page = read_until(p, r"^http://")
     runs = f"#/experiments/{store.experiment_id}/runs"
-    assert page == f"http://{HOST}:{port}/{runs}"  # the newest study's runs table
+    assert page == f"http://{HOST}:{port}/{runs}?{TRAINING_VIEWS}"  # the newest study's runs table, training views
     assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only
     (server,) = child_processes(p.pid)  # mlflow server, leading its own process group
 
@@ -292,5 +292,5 @@ def test_tuner_ui_errors_are_one_line(store: Store, cli: list) -> None:
     _, err = p.communicate(timeout=120)
     assert p.returncode == 2
     assert err.strip().splitlines() == [
-        f"tuner: error: --study nope: no MLflow experiment of that name in {store.options.tracking_uri}"
+        f"tuner: error: --study nope: no MLflow experiment or study of that name in {store.options.tracking_uri}"
     ]

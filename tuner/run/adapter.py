@@ -222,6 +222,8 @@ class TrialRunner:
         trial, run, context = member.trial, member.run, member.context
         assert run is not None
         epoch = self._epoch(raw, member.epochs_done, context)
+        if not member.recorded_run and isinstance(member.config, trainables.TrainConfig):
+            log_dataset(run, member.config)  # loaded by now: the trainable trained on it
         run.log_epoch(epoch.step, epoch.metrics, epoch.resumed)
         member.epochs_done = epoch.step
         if context is not None:
@@ -360,8 +362,9 @@ class TrialRunner:
             trial.set_user_attr(PRUNED_AT_ATTR, epochs_done)
 
     def _trial_folder(self) -> Path:
-        """Where this study's trials keep checkpoints and files."""
-        return (self.checkpoint_dir or DEFAULT_STORE / "checkpoints") / self.tracking.experiment_id
+        """Where this study's trials keep checkpoints and files: a folder named after the study (not its MLflow
+        experiment's id, which is known only once the writer has opened the experiment, after the first epoch)."""
+        return (self.checkpoint_dir or DEFAULT_STORE / "checkpoints") / folder_name(self.tracking.study_name)
 
     def _checkpoint_path(self, key: int) -> Path | None:
         return None if self.checkpoint_dir is None else self._trial_folder() / f"trial-{key}.pt"
@@ -369,6 +372,15 @@ class TrialRunner:
     def _remove_checkpoint(self, path: Path | None) -> None:
         if path is not None and not self.keep_checkpoints:
             path.unlink(missing_ok=True)
+
+
+def folder_name(name: str) -> str:
+    """A file name for a study's name: the name itself when it is one, else it made safe and told apart by a hash."""
+    import hashlib
+    import re
+
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "study"
+    return safe if safe == name else f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def _is_number(value: Any) -> bool:
@@ -382,6 +394,18 @@ def _is_number(value: Any) -> bool:
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def log_dataset(run: TrialRun, config: trainables.TrainConfig) -> None:
+    """The built-in trainable's dataset in the trial's run: what it is, its digest and split sizes."""
+    try:
+        dataset = trainables.describe_dataset(
+            config.dataset, config.data_dir, config.val_fraction, config.train_samples
+        )
+    except Exception as exc:  # the record is a nicety: it never fails the trial that trained on the data
+        logging.getLogger(__name__).warning("tuner: dataset of trial not recorded: %s", exc)
+        return
+    run.log_dataset(dataset)
 
 
 def record_run_id(trial: optuna.Trial, run: TrialRun) -> None:

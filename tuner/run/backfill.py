@@ -44,16 +44,20 @@ def backfill_study(study: Any, tracking: StudyTracking, metrics: Sequence[str], 
     finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     restored = 0
     try:
+        trials = study.get_trials(deepcopy=False)
+        settled = datetime.now() - timedelta(seconds=settled_seconds)
+        ended = [
+            t
+            for t in trials
+            if t.state in finished
+            and not (settled_seconds and (t.datetime_complete is None or t.datetime_complete > settled))
+        ]
+        if not ended:  # a new study: nothing to compare, and MLflow need not be read (or imported)
+            return 0
         tracking.sync()  # this process's own writes first: they may be what looks missing
         runs = trial_runs(tracking)
-        trials = study.get_trials(deepcopy=False)
         retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-        settled = datetime.now() - timedelta(seconds=settled_seconds)
-        for trial in trials:
-            if trial.state not in finished:
-                continue
-            if settled_seconds and (trial.datetime_complete is None or trial.datetime_complete > settled):
-                continue
+        for trial in ended:
             run = _run_of(trial, runs.get(trial.number, []))
             if run is None or not agrees(trial, run):
                 restore(tracking, trial, run, metrics, retried)

@@ -66,7 +66,7 @@ def run_here(plan: Plan) -> Any:
     interrupted = True
     try:
         with StudyProgress(spec.name, spec.n_trials, spec.timeout, quiet=plan.options.quiet) as progress:
-            work(study, runner, spec.timeout, callbacks=[lambda s, t: tracking.record_best(s), progress])
+            work(study, runner, spec.timeout, callbacks=[tracking.record_best, progress])
         interrupted = False
     finally:
         close_parent_run(study, tracking, interrupted, plan.spec.metrics)
@@ -200,7 +200,7 @@ def join(study_name: str, options: RunOptions, worker_index: int | None = None, 
             study,
             runner,
             plan.spec.timeout if timeout is None else timeout,
-            callbacks=[lambda s, t: tracking.record_best(s)],
+            callbacks=[tracking.record_best],
         )
         interrupted = False
     finally:

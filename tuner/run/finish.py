@@ -21,7 +21,7 @@ def finish(study_names: list[str], base: str, options: RunOptions, pngs: bool = 
         )
         print(f"report: {out}  (open it in a browser)")
     print(
-        f"MLflow UI: tuner ui --tracking-uri {redact(options.tracking_uri)} --study {study_names[-1]}"
+        f"MLflow UI: tuner ui --tracking-uri {redact(options.tracking_uri)} --study {base}"
         "  (prints the runs page URL; Ctrl-C stops it)"
     )
     return out

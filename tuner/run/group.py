@@ -31,7 +31,11 @@ def run_group(group: StudyGroup, options: RunOptions) -> list[Any]:
     inner = dataclasses.replace(options, study_name=None)
     attrs = {BUDGET_NAME_ATTR: options.budget}
     specs = [
-        with_trainable(dataclasses.replace(s, user_attrs={**s.user_attrs, **attrs}), group.trainable)
+        # one MLflow experiment for the group: a parent run per study (an arm), its trials nested under it
+        with_trainable(
+            dataclasses.replace(s, user_attrs={**s.user_attrs, **attrs}, experiment=s.experiment or base),
+            group.trainable,
+        )
         for s in group.studies(base, budget)
     ]
     seeds_spec = None
@@ -47,6 +51,7 @@ def run_group(group: StudyGroup, options: RunOptions) -> list[Any]:
                 n_trials=1,
                 cohort=budget.cohort,
                 user_attrs={"kind": "seeds", "comparison": base, **attrs},
+                experiment=base,
             ),
             group.trainable,
         )

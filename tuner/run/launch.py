@@ -47,6 +47,7 @@ def launch(plan: Plan) -> Any:
     """Run the planned study in `options.workers` processes; returns the study when all have exited."""
     options = plan.options
     study, tracking = prepare_study(plan)
+    tracking.settle()  # the workers find the parent run in the study
     env = {**os.environ, STORAGE_ENV: options.storage, TRACKING_ENV: options.tracking_uri}
     # The workers hold the read end; only this process holds the write end (pipes are not inherited
     # unless passed), so the kernel closes it when this process dies, however it dies.
@@ -181,7 +182,8 @@ def _exit_text(code: int) -> str:
 def create(plan: Plan) -> int:
     """`tuner create`: the study, its MLflow experiment and parent run, its budget; then say how to join it."""
     spec, options = plan.spec, plan.options
-    prepare_study(plan)
+    _, tracking = prepare_study(plan)
+    tracking.settle()  # the workers find the parent run in the study
     budget = spec.n_trials
     print(f"study {spec.name}: ready for workers, {'no trial limit' if budget is None else f'{budget} trials to run'}")
     print(

@@ -97,7 +97,10 @@ def prepare_study(plan: Plan) -> tuple[Any, StudyTracking]:
 
 def open_tracking(study: Any, spec: StudySpec, options: RunOptions) -> StudyTracking:
     """The study's MLflow experiment and parent run; a trial found stale then has its run closed, then is retried."""
-    tracking = StudyTracking(options.tracking_uri, study, spec.settings(options.storage), spec.describe_space())
+    params = {**spec.fixed_values(), **spec.settings(options.storage)}  # the arm's values: the UI groups by them
+    tracking = StudyTracking(
+        options.tracking_uri, study, params, spec.describe_space(), experiment=spec.experiment or spec.name
+    )
     set_stale_trial_callback(study._storage, StaleTrialHandler(tracking))
     return tracking
 

@@ -103,7 +103,9 @@ def new_study(storage: str, tracking_uri: str, name: str, **attrs: str) -> tuple
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     settings = {"study_name": name, "metric": "val_acc", "direction": "maximize"}
-    return study, StudyTracking(tracking_uri, study, settings, {})
+    tracking = StudyTracking(tracking_uri, study, settings, {})
+    tracking.settle()  # the parent run's id in the study, as a run's first trial puts it
+    return study, tracking
 
 
 @pytest.fixture(scope="session")
