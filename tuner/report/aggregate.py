@@ -12,10 +12,14 @@ import numpy as np
 import pandas as pd
 
 from trainables.config import OPTIMIZERS, SCHEDULES
+from tuner.report import protocol_stats as ps
 
 CANONICAL_ORDER = {"optimizer": list(OPTIMIZERS), "schedule": list(SCHEDULES)}
 SEED_KIND = "seeds"
 FAMILIES = {"optimizer": {"optimizer_tuning", SEED_KIND}, "schedule": {"lr_schedule"}}  # study kinds per comparison
+BAND_LEVEL = 0.95  # expected-best curves: the bootstrap band's coverage
+BAND_RESAMPLES = 1000  # bootstrap resamples per arm
+BAND_SEED = 0  # fixed, so that the same studies give the same report
 
 
 def tuning(trials: pd.DataFrame) -> pd.DataFrame:
@@ -109,6 +113,77 @@ def best_so_far(trials: pd.DataFrame, by: str | None, direction: str) -> pd.Data
                 rows.append((str(group), i + 1, float(b), int(numbers[i])))
                 last = b
     return pd.DataFrame(rows, columns=columns)
+
+
+def tried_values(trials: pd.DataFrame) -> pd.Series:
+    """What each trial contributes as one config tried: a complete trial its objective, a pruned one its last
+    reported value, a failed or running one NaN (it yields no model to choose, so it is not counted).
+
+    A pruned trial spent budget, so it counts as tried. Its last value is the one to score it by: a complete
+    trial's objective is also its value at the last epoch it trained, and Optuna gives a pruned trial that value
+    too; its best intermediate value would credit it with a choice among epochs that complete trials do not get.
+    """
+    pruned = trials["last_value"].where(trials["state"] == "PRUNED")
+    return trials["value"].where(trials["state"] == "COMPLETE", pruned).astype(float)
+
+
+def expected_best(
+    trials: pd.DataFrame,
+    by: str,
+    direction: str,
+    level: float = BAND_LEVEL,
+    n_boot: int = BAND_RESAMPLES,
+    seed: int = BAND_SEED,
+) -> pd.DataFrame:
+    """Per group: the expected best value of n tuning trials, n = 1..N, with its bootstrap band (Dodge et al. 2019).
+
+    The values are `tried_values` of the group's tuning trials (N counts the complete and pruned ones);
+    `protocol_stats.expected_max_bands` (unbiased estimator) gives expected, low and high.
+    """
+    columns = ["group", "n", "expected", "low", "high"]
+    frames = [
+        ps.expected_max_bands(
+            tried_values(part), maximize=better(direction), n_boot=n_boot, level=level, seed=seed
+        ).assign(group=str(group))
+        for group, part in tuning(trials).dropna(subset=[by]).groupby(by, sort=False)
+    ]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def ranking_shifts(curves: pd.DataFrame, groups: list[str], direction: str) -> pd.DataFrame:
+    """The n at which two groups' expected-best curves swap places (`protocol_stats.ranking_changes`, over the
+    n that every curve reaches), each with the groups' order from there on, best first."""
+    columns = ["n", "ranking"]
+    wide = curves.pivot(index="n", columns="group", values="expected") if len(curves) else pd.DataFrame()
+    present = [g for g in groups if g in wide]
+    changes = ps.ranking_changes({g: wide[g].to_numpy() for g in present}, maximize=better(direction))
+    rows = [
+        (n, wide.loc[n, present].sort_values(ascending=not better(direction), kind="stable").index.tolist())
+        for n in changes
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def default_means(trials: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Per group: the mean objective of its default config's seed re-runs, and how many there were."""
+    columns = ["group", "mean", "n_seeds"]
+    runs = seed_runs(trials)
+    runs = runs[runs["group"] == "default"].dropna(subset=[by, "value"])
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = runs.groupby(by)["value"]
+    table = pd.DataFrame({"mean": grouped.mean(), "n_seeds": grouped.size()}).reset_index()
+    return table.rename(columns={by: "group"}).astype({"group": str})[columns]
+
+
+def tuning_epochs(trials: pd.DataFrame, by: str) -> pd.Series:
+    """Per group, in `group_order`: the epochs its tuning trials trained in all, pruned and failed ones included
+    (`protocol_stats.epochs_consumed` over `epochs_run`, the epochs each trial reported)."""
+    search = tuning(trials).dropna(subset=[by])
+    spent = ps.epochs_consumed(search.assign(epochs_run=search["epochs_run"].fillna(0)), by=by, epochs="epochs_run")
+    spent.index = spent.index.map(str)
+    return spent.reindex(group_order(search[by], by)).astype(int).rename("epochs")
 
 
 def t_interval(values: pd.Series, confidence: float = 0.95) -> tuple[float, float, float]:

@@ -194,6 +194,101 @@ def budget_curves(best: pd.DataFrame, groups: list[str], by: str | None, metric:
     return style(fig, f"Tuning budget{what}: best {metric} so far against trials run")
 
 
+def expected_best(
+    curves: pd.DataFrame,
+    defaults: pd.DataFrame,
+    shifts: pd.DataFrame,
+    groups: list[str],
+    by: str,
+    metric: str,
+    level: float,
+) -> go.Figure:
+    """Expected best value against trials tried, one line and bootstrap band per group; the defaults at n = 1.
+
+    `curves`: aggregate.expected_best; `defaults`: aggregate.default_means (empty: no markers);
+    `shifts`: aggregate.ranking_shifts, drawn as dotted vertical lines across the data's range; `level`: the
+    bands' coverage.
+    """
+    fig = go.Figure()
+    colors = palette(groups)
+    for group in groups:
+        part = curves[curves["group"] == group].sort_values("n")
+        if part.empty:
+            continue
+        color = colors[group]
+        for edge, fill in (("high", None), ("low", "tonexty")):
+            fig.add_trace(
+                go.Scatter(
+                    x=part["n"],
+                    y=part[edge],
+                    mode="lines",
+                    line={"width": 0},
+                    fill=fill,
+                    fillcolor=_transparent(color, 0.15) if fill else None,
+                    name=f"{group}: bootstrap band ({edge})",
+                    legendgroup=group,
+                    showlegend=False,
+                    hoverinfo="skip",
+                )
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=part["n"],
+                y=part["expected"],
+                mode="lines",
+                name=group,
+                legendgroup=group,
+                line={"color": color, "width": 2},
+                customdata=np.stack([part["low"], part["high"]], axis=-1),
+                hovertemplate="%{x} trials: expected best %{y:.3f} (band %{customdata[0]:.3f} to %{customdata[1]:.3f})"
+                + f"<extra>{group}</extra>",
+            )
+        )
+    shown = defaults[defaults["group"].isin(groups)].sort_values("group", key=lambda s: s.map(groups.index))
+    if len(shown):
+        fig.add_trace(
+            go.Scatter(
+                x=[1] * len(shown),
+                y=shown["mean"],
+                mode="markers",
+                name="default config at n = 1 (mean of its seed re-runs)",
+                marker={
+                    "symbol": "circle-open",
+                    "size": 12,
+                    "line": {"width": 2},
+                    "color": [colors[g] for g in shown["group"]],
+                },
+                customdata=np.stack([shown["group"], shown["n_seeds"]], axis=-1),
+                hovertemplate="%{customdata[0]} default config: mean %{y:.3f} over %{customdata[1]} seeds<extra></extra>",
+            )
+        )
+    if len(shifts):
+        values = pd.concat([curves["low"], curves["high"], curves["expected"], shown["mean"]]).dropna()
+        xs: list[Any] = []
+        ys: list[Any] = []
+        text: list[Any] = []
+        for n, ranking in zip(shifts["n"], shifts["ranking"], strict=True):
+            order = " > ".join(ranking)
+            xs += [n, n, None]
+            ys += [values.min(), values.max(), None]
+            text += [order, order, None]
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                name="ranking changes",
+                line={"color": "#555", "width": 1, "dash": "dot"},
+                text=text,
+                hovertemplate="from %{x} trials on: %{text}<extra>ranking changes</extra>",
+            )
+        )
+    fig.update_xaxes(title_text="number of trials tried, n (pruned ones included)")
+    integer_ticks(fig, curves["n"].max() if len(curves) else math.nan)
+    fig.update_yaxes(title_text=f"expected best {metric}")
+    return style(fig, f"Expected best {metric} after n trials, by {param_label(by)}, with {level:.0%} bootstrap bands")
+
+
 def seed_distribution(runs: pd.DataFrame, stats: pd.DataFrame, groups: list[str], metric: str) -> go.Figure:
     """Final metric of every seed re-run, tuned next to default per group, with mean and 95% t-interval.
 

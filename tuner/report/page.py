@@ -21,6 +21,7 @@ table.summary th, table.summary td { border: 1px solid #ccc; padding: .3rem .5re
 table.summary th { background: #f5f5f5; }
 .note { color: #555; font-style: italic; }
 section.figure { margin: 1.5rem 0 2.5rem; }
+p.caption { color: #333; font-size: .95rem; margin: .3rem 1rem 0; }
 """
 
 
@@ -89,8 +90,15 @@ def page_title(study_names: list[str]) -> str:
 
 
 def html_page(
-    title: str, answer: str, summary: pd.DataFrame, entries: list[Entry], notes: list[str], files: list[str]
+    title: str,
+    answer: str,
+    summary: pd.DataFrame,
+    entries: list[Entry],
+    notes: list[str],
+    files: list[str],
+    budget: str | None = None,
 ) -> str:
+    """`budget`: the sentence on the epochs each compared group spent tuning, shown under the summary table."""
     import plotly.io as pio
     from plotly.offline import get_plotlyjs
 
@@ -98,6 +106,8 @@ def html_page(
     if notes:
         parts.append("<ul>" + "".join(f'<li class="note">{html.escape(n)}</li>' for n in notes) + "</ul>")
     parts += ["<h2>Summary</h2>", summary.to_html(index=False, classes="summary", border=0, escape=True)]
+    if budget:
+        parts.append(f'<p class="budget">{html.escape(budget)}</p>')
     section = None
     for entry in entries:
         if entry.section != section:
@@ -109,7 +119,8 @@ def html_page(
         div = pio.to_html(
             entry.figure, full_html=False, include_plotlyjs=False, div_id=entry.slug, config=PLOT_CONFIG, validate=False
         )
-        parts.append(f'<section class="figure">{div}</section>')
+        caption = f'<p class="caption">{html.escape(entry.caption)}</p>' if entry.caption else ""
+        parts.append(f'<section class="figure">{div}{caption}</section>')
     links = ", ".join(f'<a href="{html.escape(f)}">{html.escape(f)}</a>' for f in files if not f.startswith("png/"))
     pngs = sum(f.startswith("png/") for f in files)
     parts.append(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tuner.errors import UserError
 from tuner.locations import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, redact
@@ -20,6 +22,9 @@ PNG_HINT = (
     "(apt-get install chromium) or set BROWSER_PATH to its executable, then run `tuner report` again"
 )
 PNG_WIDTH_PX = 1100
+CAPTION_CHARS = 150  # per line of a caption in a PNG (about 1,000 px of 12 px text)
+CAPTION_LINE_PX = 17
+CAPTION_TOP_PX = 60
 
 
 @dataclass
@@ -75,7 +80,7 @@ def build_report(
 def _build_report(study_names: list[str], files: ReportFiles, storage: str, tracking_uri: str, png: bool) -> Report:
     from tuner.report import aggregate as agg
     from tuner.report.page import display_summary, html_page, markdown_table, page_title
-    from tuner.report.summary import headline, summary_table
+    from tuner.report.summary import epoch_budget, headline, summary_table
 
     clock = Timer()
     out = files.out
@@ -87,6 +92,7 @@ def _build_report(study_names: list[str], files: ReportFiles, storage: str, trac
     by = agg.comparison_key(tables.trials)
     summary = summary_table(tables, by)
     answer = headline(tables, summary, by)
+    budget = epoch_budget(tables, by)
     entries = build_entries(tables, by)
     clock.lap("figures")
 
@@ -99,7 +105,7 @@ def _build_report(study_names: list[str], files: ReportFiles, storage: str, trac
     with files.write("summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
     with files.write("summary.md") as tmp:
-        tmp.write_text(f"{answer}\n\n{markdown_table(shown)}")
+        tmp.write_text(f"{answer}\n\n{markdown_table(shown)}" + (f"\n{budget}\n" if budget else ""))
     with files.write("trials.csv") as tmp:
         tables.trials.to_csv(tmp, index=False)
     with files.write("epochs.csv") as tmp:
@@ -115,7 +121,7 @@ def _build_report(study_names: list[str], files: ReportFiles, storage: str, trac
     entry_notes = {e.note for e in entries if e.note}
     page_notes = [n for n in notes if n not in entry_notes]
     title = page_title([str(n) for n in tables.studies["study"]])
-    page = html_page(title, answer, shown, entries, page_notes, beside)
+    page = html_page(title, answer, shown, entries, page_notes, beside, budget)
     with files.write("report.html") as tmp:
         tmp.write_text(page, encoding="utf-8")
     html_path = out / "report.html"
@@ -140,15 +146,40 @@ def write_pngs(figures: list[Entry], files: ReportFiles) -> tuple[list[Path], st
     # kaleido claims each name with an empty file before it renders: it writes into a folder of its own
     with staging_dir(folder) as staging:
         made = [staging / f"{e.slug}.png" for e in figures]
-        heights = [int(e.figure.layout.height or 500) for e in figures]
+        drawn = [captioned(e) for e in figures]
+        heights = [int(f.layout.height or 500) for f in drawn]
         try:
-            pio.write_images([e.figure for e in figures], made, width=PNG_WIDTH_PX, height=heights, validate=False)
+            pio.write_images(drawn, made, width=PNG_WIDTH_PX, height=heights, validate=False)
         except Exception as exc:  # no browser, or one that fails to start: the page and tables are still written
             reason = " ".join(str(exc).split())[:160] or type(exc).__name__
             note = PNG_HINT.format(reason=reason)
         # kaleido has finished here; a figure it failed to render is missing or empty
         pngs = [files.place(p, f"png/{p.name}") for p in made if p.is_file() and p.stat().st_size > 0]
     return pngs, note
+
+
+def captioned(entry: Entry) -> Any:
+    """The figure as its PNG shows it: with the entry's caption as a subtitle, since a PNG has no text beside it.
+
+    A copy, taller by the caption's lines, so that the plot keeps its size; the page prints the caption as text.
+    """
+    if not entry.caption:
+        return entry.figure
+    import plotly.graph_objects as go
+
+    lines = textwrap.wrap(entry.caption, CAPTION_CHARS)
+    figure = go.Figure(entry.figure)
+    top = CAPTION_TOP_PX + CAPTION_LINE_PX * len(lines)  # title, the caption's lines, a gap above the plot
+    height = int(figure.layout.height or 500) - int(figure.layout.margin.t or 80) + top
+    figure.update_layout(
+        title_subtitle_text="<br>".join(lines),
+        title_subtitle_font_size=12,
+        title_y=1 - 12 / height,  # at the top: left alone, plotly centres title and subtitle in the margin
+        title_yanchor="top",
+        height=height,
+        margin_t=top,
+    )
+    return figure
 
 
 def log_to_mlflow(tables: Tables, files: list[Path], out: Path, tracking_uri: str) -> tuple[list[str], str | None]:

@@ -24,6 +24,7 @@ class Entry:
     section: str
     figure: Any  # plotly Figure, or None when a note stands in for it
     note: str | None = None
+    caption: str | None = None  # one sentence under the figure: what it shows and how to read it
 
 
 def build_entries(tables: Tables, by: str | None) -> list[Entry]:
@@ -43,6 +44,8 @@ def build_entries(tables: Tables, by: str | None) -> list[Entry]:
     if len(search):
         best = agg.best_so_far(trials, by, direction)
         entries.append(Entry("tuning-budget", what, figures.budget_curves(best, groups, by, metric)))
+    if by and len(search):
+        entries.append(_expected_best_entry(trials, by, groups, metric, direction, what))
     entries += _seed_entries(trials, tables.metric, by or "optimizer")
     entries += _kind_entries(tables, by)
     for study in tables.studies["study"]:
@@ -63,6 +66,32 @@ def _has_points(trace: Any) -> bool:
         if values is not None and any(v is not None for v in values):
             return True
     return False
+
+
+def _expected_best_entry(
+    trials: pd.DataFrame, by: str, groups: list[str], metric: str, direction: str, section: str
+) -> Entry:
+    """Expected best value against trials tried per group; the defaults at n = 1 where seed re-runs hold them."""
+    curves = agg.expected_best(trials, by, direction)
+    # only the optimizer comparison re-runs each group's default config
+    defaults = agg.default_means(trials if by == "optimizer" else trials.iloc[0:0], by)
+    shifts = agg.ranking_shifts(curves, groups, direction)
+    figure = figures.expected_best(curves, defaults, shifts, groups, by, metric, agg.BAND_LEVEL)
+    return Entry("expected-best", section, figure, caption=expected_best_caption(metric, direction, len(defaults) > 0))
+
+
+def expected_best_caption(metric: str, direction: str, with_defaults: bool) -> str:
+    """The expected-best figure's caption: what a point is, how to compare lines, what the hollow markers are."""
+    ahead = "higher" if agg.better(direction) else "lower"
+    defaults = (
+        "; the hollow markers at n = 1 are the default configs (mean of their seed re-runs)" if with_defaults else ""
+    )
+    return (
+        f"Expected best {metric} if you had tuned with only n trials (the mean, over every set of n of the trials "
+        f"run, of their best; pruned ones scored by their last reported value; shaded: {agg.BAND_LEVEL:.0%} "
+        f"bootstrap band): the {ahead} line is ahead at that budget, and where lines cross (dotted verticals) the "
+        f"ranking depends on the budget{defaults}."
+    )
 
 
 def _seed_entries(trials: pd.DataFrame, objective: str, by: str) -> list[Entry]:

@@ -13,6 +13,7 @@ from tuner.report.extract import Tables
 from tuner.report.labels import fmt_lr, fmt_value, metric_label, param_label, seed_metric_label, test_metric_for
 
 GROUP_PARAM = {"optimizer": "optimizer", "schedule": "lr_schedule"}  # the sampled parameter behind a group
+EPOCH_GAP = 0.10  # groups' tuning epochs differ, worth a sentence, when the most exceeds the least by more than this
 
 
 def summary_table(tables: Tables, by: str | None) -> pd.DataFrame:
@@ -67,6 +68,34 @@ def summary_table(tables: Tables, by: str | None) -> pd.DataFrame:
     table = table.loc[order].reset_index(drop=True)
     table.attrs["seed_metric"] = metric  # which metric the seed columns hold
     return table
+
+
+def epoch_budget(tables: Tables, by: str | None) -> str | None:
+    """The epochs each compared group spent tuning, as the line under the summary; None for fewer than two groups."""
+    if by is None:
+        return None
+    spent = agg.tuning_epochs(agg.in_comparison(tables.trials, by), by)
+    return epoch_budget_text(spent, by) if len(spent) >= 2 else None
+
+
+def epoch_budget_text(spent: pd.Series, by: str) -> str:
+    """`Epochs spent tuning: a 20, b 24.`, and a sentence when the most is more than EPOCH_GAP above the least.
+
+    With pruning, equal numbers of trials per group are not equal numbers of epochs: the sentence says so.
+    """
+    line = "Epochs spent tuning: " + ", ".join(f"{group} {int(n)}" for group, n in spent.items()) + "."
+    most, least = spent.idxmax(), spent.idxmin()
+    if spent[most] <= spent[least] * (1 + EPOCH_GAP):
+        return line
+    gap = (
+        f"{spent[most] / spent[least] - 1:.0%} more epochs than {least}"
+        if spent[least]
+        else f"{int(spent[most])} epochs and {least} none"
+    )
+    return (
+        f"{line} The {param_label(by)}s did not get equal budgets in epochs: {most} trained {gap}, because pruning "
+        "stops trials early, so an equal number of trials is not an equal number of epochs."
+    )
 
 
 def config_text(params: dict[str, Any]) -> str:

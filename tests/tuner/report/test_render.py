@@ -36,6 +36,15 @@ def test_the_page_is_self_contained_with_every_figure(written: Path) -> None:
     assert "parameter importances skipped" in page
 
 
+def test_the_expected_best_figure_has_its_caption_and_the_epochs_line_follows_the_summary(written: Path) -> None:
+    page = written.read_text()
+    figure = page.split('id="expected-best"')[1].split("</section>")[0]
+    assert '<p class="caption">Expected best validation accuracy if you had tuned with only n trials' in figure
+    summary = page.split("<h2>Summary</h2>")[1].split("<h2>")[0]
+    assert '<p class="budget">Epochs spent tuning: sgd ' in summary
+    assert "Epochs spent tuning: sgd " in (written.parent / "summary.md").read_text()
+
+
 def test_summary_is_written_as_csv_and_markdown(written: Path) -> None:
     summary = pd.read_csv(written.parent / "summary.csv")
     assert list(summary["group"]) == ["adam", "momentum", "sgd"]
@@ -87,6 +96,7 @@ def test_every_figure_becomes_a_png(comparison: Store, tmp_path: Path, monkeypat
     assert slugs == {
         "learning-curves",
         "tuning-budget",
+        "expected-best",
         "lr-sensitivity",
         "cmp-adam-parallel",
         "cmp-adam-intermediate",
