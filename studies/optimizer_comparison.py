@@ -21,7 +21,7 @@ Budget split, the same for every optimizer (tuning trials, then 2 x K re-runs):
     --budget small:    4 trials,  5 epochs, K=2:  28 tuning + 28 re-runs, HTML report only
                        (80 s on 2 busy CPU cores, 36 s of CPU)
     --budget default: 16 trials, 15 epochs, K=5: 112 tuning + 70 re-runs, report with PNGs
-                       (3.6 min on 2 CPU cores: trials train in fused cohorts of 8)
+                       (4.1 min on 2 CPU cores: trials train in fused cohorts of 8)
 
 Running it again resumes: tuning studies run only their missing trials, planned re-runs are
 not enqueued twice. `--n-trials` sets the tuning trials per optimizer; `--study-name` the base.
