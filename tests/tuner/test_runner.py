@@ -96,6 +96,34 @@ def test_running_again_resumes_the_same_study_and_parent_run(options: RunOptions
     )
 
 
+def test_a_study_of_the_old_layout_keeps_its_experiment_when_its_group_shares_one(options: RunOptions) -> None:
+    """Before study groups shared an experiment, each study had its own: run again as a member of a group
+    (`experiment="cmp"`), it goes on in its own experiment under its parent run, tagged for the training views,
+    and the report reads it; a new member goes into the group's experiment."""
+    from tuner.report.extract import extract
+
+    old = StudySpec(name="cmp.sgd", space=SPACE, n_trials=2, trainable=curve_fit)
+    first = execute_study(old, options)  # experiment "cmp.sgd": the layout of before
+    parent_id = first.user_attrs[PARENT_RUN_ATTR]
+    again = execute_study(replace(old, experiment="cmp"), replace(options, n_trials=1))
+    new = execute_study(replace(old, name="cmp.adam", experiment="cmp"), options)
+
+    client = MlflowClient(options.tracking_uri)
+    own, group = client.get_experiment_by_name("cmp.sgd"), client.get_experiment_by_name("cmp")
+    assert again.user_attrs[PARENT_RUN_ATTR] == parent_id
+    assert client.get_run(parent_id).info.experiment_id == own.experiment_id
+    children = client.search_runs([own.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert len(children) == 3  # the new trial nested under the old parent, in the old experiment
+    assert client.get_run(new.user_attrs[PARENT_RUN_ATTR]).info.experiment_id == group.experiment_id
+    for experiment in (own, group):
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    tables = extract([again, new], options.tracking_uri)
+    assert not [n for n in tables.notes if "MLflow" in n or "parent run" in n]  # every run found
+    rows = tables.trials.set_index(["study", "number"])
+    assert rows["val_acc"].notna().all()  # a metric read from each trial's MLflow run, in either layout
+    assert len(rows) == 5
+
+
 def test_failing_trial_is_recorded_and_the_study_goes_on(options: RunOptions) -> None:
     study = execute_study(
         StudySpec(name="fails", space=SPACE, n_trials=3, trainable=failing_fit(ValueError("boom at epoch 2"))), options
