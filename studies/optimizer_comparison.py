@@ -9,7 +9,9 @@ from seed noise.
    seed (so every optimizer starts from the same random candidates), trial count, epochs and
    median pruner, over lr (1e-4..1, log), lr_schedule (constant, cosine, onecycle),
    weight_decay (1e-6..1e-1, log) and, for momentum and nesterov, momentum (0.5..0.99).
-   Tuning trials train with seed 0; the pruner stops the ones that fall behind.
+   Each optimizer's first trial is its default config (below), so the tuned config never loses
+   to the default by how the search went. Tuning trials train with seed 0; the pruner stops the
+   ones that fall behind.
 2. Re-runs, in study `optimizer-comparison.seeds`, never pruned and as long as the tuning
    trials: each optimizer's best tuned config (`group` tuned) and its standard default
    (`group` default: PyTorch's defaults — lr 0.01 for rmsprop and adagrad, 1e-3 for adam and
@@ -71,10 +73,19 @@ def tuning_studies(base: str, budget: Budget) -> list[StudySpec]:
             n_trials=budget.n_trials,
             seed=0,
             cohort=budget.cohort,
+            enqueue=(default_candidate(optimizer),),
             user_attrs={"kind": "optimizer_tuning", "comparison": base, "optimizer": optimizer},
         )
         for optimizer in OPTIMIZERS
     ]
+
+
+def default_candidate(optimizer: str) -> dict[str, Any]:
+    """The optimizer's default config as its first tuning trial: the search starts from it, so the tuned config
+    cannot lose to the default by how the search went. No weight decay is outside the log range searched: its
+    low end (1e-6, no measurable effect in these epochs) stands for it; the re-runs train the default as it is."""
+    default = DEFAULTS[optimizer]
+    return {"lr_schedule": "constant", "weight_decay": 1e-6, **default}
 
 
 def reruns(tuned: Sequence[Any]) -> list[Rerun]:

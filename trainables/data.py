@@ -57,7 +57,9 @@ def load_splits(dataset: str, data_dir: str, download: bool, val_fraction: float
 
 
 @functools.lru_cache(maxsize=8)
-def describe_dataset(dataset: str, data_dir: str, val_fraction: float, train_samples: int = 0) -> dict[str, Any]:
+def describe_dataset(
+    dataset: str, data_dir: str, download: bool, val_fraction: float, train_samples: int = 0
+) -> dict[str, Any]:
     """What a run trained on, for experiment tracking: name, digest, source, schema and split sizes.
 
     The digest is a hash of the arrays' shapes, their first and last rows and all labels, and
@@ -65,7 +67,7 @@ def describe_dataset(dataset: str, data_dir: str, val_fraction: float, train_sam
     same data share it and a different file, generation or split gets another. Loads the
     arrays as a trial does (once per process).
     """
-    x, y, x_test, y_test, num_classes = _load_arrays(dataset, str(Path(data_dir).resolve()), False)
+    x, y, x_test, y_test, num_classes = _load_arrays(dataset, str(Path(data_dir).resolve()), download)  # as trained
     n_val = max(1, round(len(x) * val_fraction))
     n_train = len(x) - n_val if not train_samples else min(train_samples, len(x) - n_val)
     digest = hashlib.sha256(

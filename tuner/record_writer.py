@@ -176,6 +176,8 @@ class RecordWriter:
             return None
 
     def write(self, tracking_uri: str, op: str, *args: Any) -> None:
+        if op == "open_study":  # another study's set-up may have failed there: this one is tried again
+            self._down.discard(tracking_uri)
         if tracking_uri in self._down:  # its set-up failed, and said so in a line: what the runs lack is counted
             run = args[0] if op in RUN_OPS and args else None
             if run is not None:
@@ -207,7 +209,7 @@ class RecordWriter:
         what = f"run {self._names.get(run, run)!r}" if run else f"a {op}"
         if op == "open_study":  # no experiment and parent run: the store's other writes are counted, not said
             self._down.add(tracking_uri)
-            what = f"study {args[2]!r}: its experiment and parent run could not be opened, so none of its runs"
+            what = f"study {args[3]!r}: its experiment and parent run could not be opened, so none of its runs"
         logging.getLogger(__name__).warning(
             "tuner: MLflow at %s could not record %s (%s: %s); the study goes on, and its next run "
             "restores the record from the Optuna study",

@@ -207,6 +207,34 @@ def suggest(trial: optuna.Trial, space: Space, overrides: Mapping[str, Any] | No
     return TrainConfig(**{**suggest_params(trial, space), **(overrides or {})})
 
 
+def check_enqueued(space: Space, params: Mapping[str, Any]) -> None:
+    """UserError unless `params` (a trial to enqueue) names only sampled parameters of the space, each with a
+    value it could sample (Optuna would fail the trial at its first suggestion otherwise)."""
+    for name, value in params.items():
+        dist = space.get(name)
+        if not isinstance(dist, Float | Int | Categorical):
+            raise UserError(
+                f"enqueued {name}={value!r}: {name!r} is not a sampled parameter of the search space; "
+                "enqueue only the parameters the space samples"
+            )
+        if isinstance(dist, Categorical):
+            fits = value in list(dist.choices)
+        else:
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            fits = number and dist.low <= value <= dist.high and (not dist.log or value > 0)
+        if not fits:
+            raise UserError(
+                f"enqueued {name}={value!r} is outside the search space's {name} ({_shown(dist)}); "
+                "give a value the space can sample"
+            )
+
+
+def _shown(dist: Distribution) -> str:
+    if isinstance(dist, Categorical):
+        return "one of " + ", ".join(map(str, dist.choices))
+    return f"{dist.low}..{dist.high}{', log' if dist.log else ''}"
+
+
 def suggest_params(trial: optuna.Trial, space: Space) -> dict[str, Any]:
     """The trial's params: every active parameter of the space, sampled, and the fixed values."""
     values: dict[str, Any] = {}

@@ -17,6 +17,7 @@ from tuner.locations import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, check_storage
 from tuner.space import (
     Categorical,
     Space,
+    check_enqueued,
     default_space,
     describe,
     grid_values,
@@ -93,6 +94,9 @@ class StudySpec:
     # The MLflow experiment its runs go in (one parent run for the study, its trials nested under it);
     # None: one named after the study. A study group's studies share the group's (`tuner.run.group`).
     experiment: str | None = None
+    # Trials to run first, in order, when the study is new (a baseline the search must beat, e.g. the
+    # optimizer's default config): each the values of some of the space's sampled parameters.
+    enqueue: tuple[Mapping[str, Any], ...] = ()
 
     def with_options(self, options: RunOptions) -> StudySpec:
         """The spec with the CLI's overrides applied."""
@@ -171,6 +175,8 @@ class StudySpec:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise UserError(f"--seed {self.seed}: give a whole number from 0 to {2**32 - 1}")
         validate_space(self.space, train_config=takes_config)
+        for params in self.enqueue:
+            check_enqueued(self.space, params)
         if self.multi_objective and self.sampler in ("cmaes", "gp"):
             raise UserError(f"sampler {self.sampler!r} has one objective: use tpe, random, qmc or grid for several")
         if self.sampler == "grid":
@@ -196,6 +202,7 @@ class StudySpec:
         record = {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("space", "trainable")
         }
+        record["enqueue"] = [dict(params) for params in self.enqueue]
         trainable = self.trainable if isinstance(self.trainable, str) else None  # the plan records a function's path
         return {**record, "space": describe(self.space), "trainable": trainable}
 
@@ -203,7 +210,7 @@ class StudySpec:
     def from_record(cls, record: dict[str, Any]) -> StudySpec:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in record.items() if k in known and k not in ("space", "trainable")}
-        for key in ("metric", "direction"):  # JSON keeps the tuples of several objectives as lists
+        for key in ("metric", "direction", "enqueue"):  # JSON keeps tuples as lists
             if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
         trainable = record.get("trainable", BUILTIN_TRAINABLE)  # records older than the field: the built-in

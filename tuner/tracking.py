@@ -58,8 +58,10 @@ class StudyTracking:
         settings: dict[str, Any],
         space: dict[str, Any],
         experiment: str | None = None,
+        watch_system: bool = True,
     ) -> None:
-        """`settings`: the parent run's params; `experiment`: its experiment's name (default: the study's)."""
+        """`settings`: the parent run's params; `experiment`: its experiment's name (default: the study's);
+        `watch_system`: log this machine's system metrics on the parent run (a process that trains)."""
         quiet_mlflow()
         self.tracking_uri = tracking_uri
         self.study_name = study.study_name
@@ -76,7 +78,8 @@ class StudyTracking:
         )
         # CPU, memory (and GPU) of this machine on the parent run, under this process's node id: workers on
         # several machines (or several on one) each log their own series
-        self.writer.write(tracking_uri, "watch_system", self._parent, f"{socket.gethostname()}-{os.getpid()}")
+        if watch_system:
+            self.writer.write(tracking_uri, "watch_system", self._parent, f"{socket.gethostname()}-{os.getpid()}")
         self._ids: dict[str, str] = {} if parent is None else {self._parent: str(parent)}
         self._client: MlflowClient | None = None
         self._best_number: int | None = None
@@ -204,10 +207,14 @@ class StudyTracking:
         self.writer.sync()
         self.settle()
 
+    def stop_watching(self) -> None:
+        """Stop logging this machine's system metrics on the parent run (this process trains no more of the study)."""
+        self.writer.write(self.tracking_uri, "unwatch_system", self._parent)
+
     def finish_study(self, status: str = "FINISHED") -> None:
         """End the parent run, after the trials' runs (the writer applies writes in order); raises if that failed."""
         failed = self.writer.lost.get(self._parent, 0)
-        self.writer.write(self.tracking_uri, "unwatch_system", self._parent)
+        self.stop_watching()
         self.writer.write(self.tracking_uri, "set_terminated", self._parent, status)
         self.sync()
         if self.writer.lost.get(self._parent, 0) > failed:
@@ -225,9 +232,10 @@ class StudyTracking:
         run = self.client.get_run(run_id) if run_id is not None else None
         # a retry that died before its first report still names the run of the attempt it retried
         if run is None or run.data.tags.get("optuna.trial_number") != str(trial_number):
-            found = self.client.search_runs(
+            found = self.client.search_runs(  # the study's own: a group's studies share the experiment
                 [self.experiment_id],
-                f"tags.`tuner.role` = 'trial' and tags.`optuna.trial_number` = '{trial_number}'",
+                f"tags.`tuner.role` = 'trial' and tags.`optuna.trial_number` = '{trial_number}' "
+                f"and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
                 max_results=1,
             )
             if not found:

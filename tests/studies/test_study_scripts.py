@@ -103,6 +103,17 @@ def comparison() -> StudyGroup:
     return study
 
 
+def default_candidate(optimizer: str) -> dict[str, Any]:
+    """The flagship's first tuning trial of `optimizer`: its default config."""
+    script = load_study_script(str(STUDIES / "optimizer_comparison.py"))
+    assert isinstance(script, StudyGroup)
+    (spec,) = [s for s in script.studies("x", script.budgets["small"]) if s.user_attrs["optimizer"] == optimizer]
+    (params,) = spec.enqueue
+    assert params["lr_schedule"] == "constant"
+    assert params["weight_decay"] == (0.01 if optimizer == "adamw" else 1e-6)  # PyTorch's; none: the range's low end
+    return dict(params)
+
+
 def seeds_keys(study: Any) -> list[tuple[str, str, int]]:
     return sorted((t.user_attrs["optimizer"], t.user_attrs["group"], t.user_attrs["seed"]) for t in study.get_trials())
 
@@ -124,9 +135,11 @@ def test_comparison_makes_a_study_per_optimizer_and_a_seeds_study_and_resumes_to
             "optimizer": optimizer,
         }
         assert len(study.get_trials()) == 2  # --n-trials: the same budget for every optimizer
-        assert ("momentum" in study.trials[0].params) == (optimizer in ("momentum", "nesterov"))
-        first_lrs.add(study.trials[0].params["lr"])
-    assert len(first_lrs) == 1  # the same sampler seed: every optimizer starts from the same candidate
+        default, first_sampled = study.trials
+        assert default.params == default_candidate(optimizer) and default.user_attrs["enqueued"] is True
+        assert ("momentum" in first_sampled.params) == (optimizer in ("momentum", "nesterov"))
+        first_lrs.add(first_sampled.params["lr"])
+    assert len(first_lrs) == 1  # the same sampler seed: every optimizer's search starts from the same candidate
 
     seeds = studies["cmp.seeds"]
     assert seeds.user_attrs["kind"] == "seeds" and seeds.user_attrs["comparison"] == "cmp"

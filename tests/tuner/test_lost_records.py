@@ -214,3 +214,32 @@ def test_a_full_disk_under_the_optuna_journal_stops_the_worker_with_one_line(
     (trial,) = study.trials
     assert trial.state == TrialState.RUNNING  # left for the stale-trial retry
     assert len(trial.intermediate_values) == 1  # what was written before the disk filled is kept
+
+
+def test_a_groups_studies_share_an_experiment_and_backfill_finds_each_trials_own_run(options: RunOptions) -> None:
+    """Every arm of a group numbers its trials from 0 in one experiment: a trial whose run is gone is restored
+    under its own study's parent run, never taken for another arm's run of the same number."""
+    from tests.tuner.fakes import curve_fit
+    from tuner.run.backfill import backfill_study
+    from tuner.run.open import open_tracking
+    from tuner.tracking import PARENT_RUN_ATTR
+
+    def nested(client: MlflowClient, parent: str) -> list[Any]:
+        (group,) = [e.experiment_id for e in client.search_experiments() if e.name == "g"]
+        return list(client.search_runs([group], f"tags.`mlflow.parentRunId` = '{parent}'"))
+
+    space = {"lr": Float(0.01, 0.1), "epochs": 3}
+    specs = [StudySpec(name=f"g.{arm}", space=space, n_trials=2, trainable=curve_fit, experiment="g") for arm in "ab"]
+    a, b = (execute_study(spec, options) for spec in specs)
+    client = MlflowClient(options.tracking_uri)
+    lost = a.trials[1].user_attrs[RUN_ID_ATTR]
+    client.delete_run(lost)  # as if its writes had all failed
+    b_runs = {r.info.run_id for r in nested(client, b.user_attrs[PARENT_RUN_ATTR])}
+
+    tracking = open_tracking(a, specs[0], options)
+    assert backfill_study(a, tracking, specs[0].metrics) == 1
+    tracking.sync()
+    restored = [r for r in nested(client, a.user_attrs[PARENT_RUN_ATTR]) if r.info.run_id != lost]
+    assert sorted(r.data.tags["optuna.trial_number"] for r in restored) == ["0", "1"]
+    assert BACKFILLED_TAG in next(r for r in restored if r.data.tags["optuna.trial_number"] == "1").data.tags
+    assert {r.info.run_id for r in nested(client, b.user_attrs[PARENT_RUN_ATTR])} == b_runs  # b's untouched

@@ -124,6 +124,25 @@ def test_a_study_of_the_old_layout_keeps_its_experiment_when_its_group_shares_on
     assert len(rows) == 5
 
 
+def test_enqueued_baselines_run_first_once_and_bad_ones_are_refused_before_anything_exists(
+    options: RunOptions,
+) -> None:
+    from tuner.errors import UserError
+
+    spec = StudySpec(name="baseline", space=SPACE, n_trials=3, trainable=curve_fit, enqueue=({"lr": 0.05},))
+    first = execute_study(spec, options)
+    again = execute_study(spec, replace(options, n_trials=2))  # resumed: the baseline is not queued again
+    trials = again.get_trials()
+    assert [t.user_attrs.get("enqueued", False) for t in trials] == [True, False, False, False, False]
+    assert trials[0].params == {"lr": 0.05} and first.trials[0].state == TrialState.COMPLETE
+
+    for bad, needle in (({"lr": 5.0}, "enqueued lr=5.0 is outside"), ({"epochs": 3}, "'epochs' is not a sampled")):
+        other = replace(options, storage=str(Path(options.storage).with_name("other.journal")))
+        with pytest.raises(UserError, match=needle):
+            execute_study(replace(spec, name="bad", enqueue=(bad,)), other)
+        assert not Path(other.storage).exists()
+
+
 def test_failing_trial_is_recorded_and_the_study_goes_on(options: RunOptions) -> None:
     study = execute_study(
         StudySpec(name="fails", space=SPACE, n_trials=3, trainable=failing_fit(ValueError("boom at epoch 2"))), options

@@ -181,6 +181,8 @@ class TrialRunner:
         """The trial about to train: which attempt it is, where its checkpoint goes."""
         first_number = int(trial.user_attrs.get(ATTEMPT_OF_ATTR, trial.number))
         checkpoint = self._checkpoint_path(first_number)  # a cohort member's is a solo one: either resumes it
+        if first_number != trial.number:  # a retry: it resumes from what the attempt it replaces left
+            self._adopt_legacy_files(first_number)
         return Member(trial, first_number, checkpoint, retry_of_run=trial.user_attrs.get(RUN_ID_ATTR))
 
     def begin(self, member: Member) -> None:
@@ -233,11 +235,13 @@ class TrialRunner:
             raise MetricNotFinite(epoch.step, self.metrics[0], values[0])
         with combined_writes(trial):  # the run id goes with the first report: the run exists by now
             if not member.recorded_run:
-                record_run_id(trial, run)
+                record_run_id(trial, run)  # waits for the writer: the parent run exists too (settled below)
             if self.curve_pruner is None:
                 trial.report(values[0], epoch.step)
             else:
                 self.curve_pruner.record(trial, epoch.step, values[0])
+        if not member.recorded_run:
+            self.tracking.settle()  # the parent run's id in the study early: a process joining finds it
         member.recorded_run = True
         should_prune = (
             trial.should_prune()
@@ -366,6 +370,22 @@ class TrialRunner:
         experiment's id, which is known only once the writer has opened the experiment, after the first epoch)."""
         return (self.checkpoint_dir or DEFAULT_STORE / "checkpoints") / folder_name(self.tracking.study_name)
 
+    def _adopt_legacy_files(self, key: int) -> None:
+        """Move a trial's checkpoint and files from where they were kept before trial folders were named after the
+        study (a folder named by the MLflow experiment's id) to where its retry looks for them."""
+        folder = self._trial_folder()
+        names = [f"trial-{key}.pt", f"trial-{key}-files"]
+        if any((folder / name).exists() for name in names):
+            return
+        try:
+            legacy = folder.parent / self.tracking.experiment_id  # waits for the writer: retries only
+        except RuntimeError:  # the experiment could not be opened: nothing to look in
+            return
+        for name in names:
+            if (legacy / name).exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                os.replace(legacy / name, folder / name)
+
     def _checkpoint_path(self, key: int) -> Path | None:
         return None if self.checkpoint_dir is None else self._trial_folder() / f"trial-{key}.pt"
 
@@ -400,7 +420,7 @@ def log_dataset(run: TrialRun, config: trainables.TrainConfig) -> None:
     """The built-in trainable's dataset in the trial's run: what it is, its digest and split sizes."""
     try:
         dataset = trainables.describe_dataset(
-            config.dataset, config.data_dir, config.val_fraction, config.train_samples
+            config.dataset, config.data_dir, config.download, config.val_fraction, config.train_samples
         )
     except Exception as exc:  # the record is a nicety: it never fails the trial that trained on the data
         logging.getLogger(__name__).warning("tuner: dataset of trial not recorded: %s", exc)

@@ -84,8 +84,11 @@ def trial_runs(tracking: StudyTracking) -> dict[int, list[Run]]:
     found: dict[int, list[Run]] = {}
     page_token = None
     while True:
-        page = tracking.client.search_runs(
-            [tracking.experiment_id], "tags.`tuner.role` = 'trial'", max_results=_BATCH, page_token=page_token
+        page = tracking.client.search_runs(  # the study's own: a group's studies share the experiment
+            [tracking.experiment_id],
+            f"tags.`tuner.role` = 'trial' and tags.`mlflow.parentRunId` = '{tracking.parent_run_id}'",
+            max_results=_BATCH,
+            page_token=page_token,
         )
         for run in page:
             number = run.data.tags.get("optuna.trial_number", "")

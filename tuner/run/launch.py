@@ -46,7 +46,7 @@ def worker_devices(options: RunOptions) -> list[str | None]:
 def launch(plan: Plan) -> Any:
     """Run the planned study in `options.workers` processes; returns the study when all have exited."""
     options = plan.options
-    study, tracking = prepare_study(plan)
+    study, tracking = prepare_study(plan, trains=False)  # the workers train
     tracking.settle()  # the workers find the parent run in the study
     env = {**os.environ, STORAGE_ENV: options.storage, TRACKING_ENV: options.tracking_uri}
     # The workers hold the read end; only this process holds the write end (pipes are not inherited
@@ -182,7 +182,7 @@ def _exit_text(code: int) -> str:
 def create(plan: Plan) -> int:
     """`tuner create`: the study, its MLflow experiment and parent run, its budget; then say how to join it."""
     spec, options = plan.spec, plan.options
-    _, tracking = prepare_study(plan)
+    _, tracking = prepare_study(plan, trains=False)
     tracking.settle()  # the workers find the parent run in the study
     budget = spec.n_trials
     print(f"study {spec.name}: ready for workers, {'no trial limit' if budget is None else f'{budget} trials to run'}")

@@ -37,6 +37,7 @@ SPEC_ATTR = "tuner:spec"  # study user attribute: the StudySpec as data, for `tu
 SETTLED_SECONDS = 60.0  # a trial that ended longer ago has had every write of its process applied
 BUDGET_ATTR = "tuner:n_trials"  # study user attribute of studies from before per-run budgets: their trials in all
 RUN_BUDGET_PREFIX = "tuner:budget:"  # + run key: study user attribute, {"n_trials": N or None, "in_all": bool}
+ENQUEUED_ATTR = "enqueued"  # trial user attribute: the trial ran values the spec enqueued (a baseline), not sampled
 LATEST_RUN_ATTR = "tuner:latest_run"  # the run whose budget a `tuner worker` counts in unless told which
 
 
@@ -80,12 +81,17 @@ def open_study(spec: StudySpec, options: RunOptions, create: bool = True, worker
     )
 
 
-def prepare_study(plan: Plan) -> tuple[Any, StudyTracking]:
-    """Create or load the study, its MLflow experiment and parent run; record the spec and this run's budget."""
+def prepare_study(plan: Plan, trains: bool = True) -> tuple[Any, StudyTracking]:
+    """Create or load the study, its MLflow experiment and parent run; record the spec and this run's budget.
+
+    `trains`: this process runs trials (its system metrics go on the parent run), not only sets up or watches."""
     spec, options = plan.spec, plan.options
     study = open_study(spec, options)
+    if spec.enqueue and not study.get_trials(deepcopy=False):  # a new study: its baselines go first, once
+        for params in spec.enqueue:
+            study.enqueue_trial(dict(params), user_attrs={ENQUEUED_ATTR: True})
     set_user_attrs(study, spec.user_attrs)
-    tracking = open_tracking(study, spec, options)
+    tracking = open_tracking(study, spec, options, watch_system=trains)
     # what an earlier run could not record in MLflow; trials that just ended may be another run's, still writing
     backfill_study(study, tracking, spec.metrics, settled_seconds=SETTLED_SECONDS)
     record = {**spec.to_record(), "trainable": plan.trainable_ref, "import_paths": list(plan.import_paths)}
@@ -95,11 +101,16 @@ def prepare_study(plan: Plan) -> tuple[Any, StudyTracking]:
     return study, tracking
 
 
-def open_tracking(study: Any, spec: StudySpec, options: RunOptions) -> StudyTracking:
+def open_tracking(study: Any, spec: StudySpec, options: RunOptions, watch_system: bool = True) -> StudyTracking:
     """The study's MLflow experiment and parent run; a trial found stale then has its run closed, then is retried."""
     params = {**spec.fixed_values(), **spec.settings(options.storage)}  # the arm's values: the UI groups by them
     tracking = StudyTracking(
-        options.tracking_uri, study, params, spec.describe_space(), experiment=spec.experiment or spec.name
+        options.tracking_uri,
+        study,
+        params,
+        spec.describe_space(),
+        experiment=spec.experiment or spec.name,
+        watch_system=watch_system,
     )
     set_stale_trial_callback(study._storage, StaleTrialHandler(tracking))
     return tracking
@@ -114,6 +125,7 @@ def close_parent_run(
     from optuna.trial import TrialState
 
     tracking.sync()  # this process's trial records are written, whatever happens to the parent run
+    tracking.stop_watching()  # this process trains no more of the study
     trials = study.get_trials(deepcopy=False)
     if not any(t.state == TrialState.RUNNING for t in trials):
         backfill_study(study, tracking, metrics, settled_seconds=0.0 if sole_writer else SETTLED_SECONDS)
