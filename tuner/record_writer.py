@@ -159,10 +159,6 @@ class RecordWriter:
         self.write(tracking_uri, "create_run", key, experiment_id, run_name, tags, int(time.time() * 1000))
         return key
 
-    def name_run(self, run: str, name: str) -> None:
-        """Name a run created elsewhere (a study's parent run) in this writer's messages."""
-        self._names[run] = name
-
     def run_id(self, tracking_uri: str, key: str) -> str | None:
         """The MLflow id of the run created as `key`; None if its creation failed or was lost."""
         if key in self._runs:
@@ -179,9 +175,7 @@ class RecordWriter:
         if op == "open_study":  # another study's set-up may have failed there: this one is tried again
             self._down.discard(tracking_uri)
         if tracking_uri in self._down:  # its set-up failed, and said so in a line: what the runs lack is counted
-            run = args[0] if op in RUN_OPS and args else None
-            if run is not None:
-                self.lost[run] = self.lost.get(run, 0) + 1
+            self._count_lost(op, args)
             return
         if self.uses_helper(tracking_uri):
             try:
@@ -194,16 +188,21 @@ class RecordWriter:
         except Exception as exc:  # the trial goes on; what the run lacks is backfilled from the study
             self._lost_write(tracking_uri, op, args, exc)
 
+    def _count_lost(self, op: str, args: tuple[Any, ...]) -> str | None:
+        """Count a lost write against its run (which the run's next write that succeeds says); returns the run."""
+        run = args[0] if op in RUN_OPS and args else None
+        if run is not None:
+            self.lost[run] = self.lost.get(run, 0) + 1
+        return run
+
     def _lost_write(self, tracking_uri: str, op: str, args: tuple[Any, ...], exc: Exception) -> None:
         """One line for the first write a run loses (or for a write of no run), counted for the run's next write."""
         from tuner.errors import first_line
         from tuner.locations import redact
 
-        run = args[0] if op in RUN_OPS and args else None
-        if run is not None:
-            self.lost[run] = self.lost.get(run, 0) + 1
-            if self.lost[run] > 1:
-                return
+        run = self._count_lost(op, args)
+        if run is not None and self.lost[run] > 1:
+            return
         if op == "create_run" and run is not None:
             self._names[run] = args[2]
         what = f"run {self._names.get(run, run)!r}" if run else f"a {op}"
@@ -266,7 +265,7 @@ class RecordWriter:
         elif op == "set_terminated":  # run, status
             run, status = args
             client.set_terminated(self._run_id(run), status)
-            if not run.startswith(NEW_RUN) or run not in self._studies:  # a study's parent run is written to after
+            if run not in self._studies:  # a study's parent run is written to after its end (the best, the report)
                 self._runs.pop(run, None)
                 self._names.pop(run, None)
         elif op == "log_texts":  # run, {file name: text}: straight to the run's artifact location

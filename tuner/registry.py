@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from tuner.errors import UserError, first_line
 from tuner.locations import check_tracking_uri, redact
+from tuner.tracking import RUN_ID_ATTR
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"  # set_tracking_uri writes it, for subprocesses
 LOGGED_NAME = "model"  # the name `tuner.run.models.log_model` gives the MLflow model it logs
@@ -64,7 +65,7 @@ def register_best(
             f"choose one of its Pareto front with --trial N (front: {front})"
         )
     frozen = study.get_trials(deepcopy=False)[number]  # a trial's number is its index in its study
-    run_id = frozen.user_attrs.get(_run_id_attr())
+    run_id = frozen.user_attrs.get(RUN_ID_ATTR)
     if run_id is None:
         raise UserError(
             f"trial {number} of study {study.study_name!r} has no MLflow run recorded, so no model to register"
@@ -103,12 +104,6 @@ def check_tracking_store(tracking_uri: str) -> None:
         raise UserError(
             f"--tracking-uri {tracking_uri}: no MLflow store there; give the --tracking-uri the study ran with"
         )
-
-
-def _run_id_attr() -> str:
-    from tuner.tracking import RUN_ID_ATTR
-
-    return RUN_ID_ATTR
 
 
 def _recorded(study: Any, key: str) -> Any:

@@ -64,7 +64,6 @@ class StudyTracking:
         `watch_system`: log this machine's system metrics on the parent run (a process that trains)."""
         quiet_mlflow()
         self.tracking_uri = tracking_uri
-        self.study_name = study.study_name
         self._study = study
         check_mlflow_store(tracking_uri)  # a store that cannot be used is one line, before any trial
         self.writer: RecordWriter = writer()
@@ -85,6 +84,10 @@ class StudyTracking:
         self._best_number: int | None = None
         self._front: list[int] = []
         self._settled = parent is not None
+
+    @property
+    def study_name(self) -> str:
+        return str(self._study.study_name)
 
     @property
     def client(self) -> MlflowClient:
@@ -214,7 +217,7 @@ class StudyTracking:
     def finish_study(self, status: str = "FINISHED") -> None:
         """End the parent run, after the trials' runs (the writer applies writes in order); raises if that failed."""
         failed = self.writer.lost.get(self._parent, 0)
-        self.stop_watching()
+        self.stop_watching()  # (a no-op when close_parent_run stopped it first)
         self.writer.write(self.tracking_uri, "set_terminated", self._parent, status)
         self.sync()
         if self.writer.lost.get(self._parent, 0) > failed:
